@@ -1,0 +1,1 @@
+"""One module per `intattn` subcommand (see intattn_tl.cli)."""

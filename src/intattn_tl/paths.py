@@ -1,0 +1,33 @@
+"""Where the toolkit keeps things on disk: the model/statistics cache and the benchmark data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """`$INTATTN_CACHE`, else `$XDG_CACHE_HOME/intattn_tl`, else `~/.cache/intattn_tl`."""
+    if env := os.environ.get("INTATTN_CACHE"):
+        root = Path(env)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "intattn_tl"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def project_root() -> Path:
+    """The checkout this package lives in (src/intattn_tl/paths.py -> repo root)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def data_dir() -> Path:
+    """`$INTATTN_DATA`, else `../shared/data` next to the checkout (or the working directory)."""
+    if env := os.environ.get("INTATTN_DATA"):
+        return Path(env)
+    for base in (project_root(), Path.cwd()):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return project_root().parent / "shared" / "data"

@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny random models (fast, every test) and the real SmolLM2 model (cached per session)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from intattn_tl.models import load_model
+
+    return load_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma():
+    from intattn_tl.models import load_model
+
+    return load_model("tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real SmolLM2-135M-Instruct. Tests that edit it must roll their edits back."""
+    from intattn_tl.models import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def wiki_records():
+    from intattn_tl.data import load_edits
+
+    return load_edits("wiki_counterfact")
