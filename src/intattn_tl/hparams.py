@@ -1,0 +1,47 @@
+"""Hyperparameters per (method, model): YAML defaults in `hparams/<method>/<model>.yaml` plus overrides.
+
+The per-model tracing result (`model_results/<model>.json`, written by `intattn trace`) supplies α and
+the critical layer sets where a YAML file leaves them out; explicit values always win.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import yaml
+
+HPARAMS_DIR = Path(__file__).parent / "hparams"
+RESULTS_DIR = Path(__file__).parent / "model_results"
+
+
+class HparamsError(ValueError):
+    pass
+
+
+def tracing_result(model_name: str) -> dict | None:
+    """α and layer sets measured by causal tracing for `model_name`, if committed."""
+    path = RESULTS_DIR / f"{model_name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_hparams(method: str, model_name: str, overrides: dict | None = None, path: str | Path | None = None):
+    from .editing import get_method
+
+    cls = get_method(method).hparams_cls
+    file = Path(path) if path else HPARAMS_DIR / method / f"{model_name}.yaml"
+    values: dict = {}
+    if file.exists():
+        values = yaml.safe_load(file.read_text()) or {}
+        declared = values.pop("model_name", None)
+        if declared is not None and declared != model_name:
+            raise HparamsError(f"{file} holds hyperparameters for {declared!r}, not {model_name!r}")
+    elif path:
+        raise HparamsError(f"hyperparameter file {file} not found")
+    values.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise HparamsError(f"unknown {method} hyperparameter(s) {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**values)
