@@ -7,7 +7,11 @@ MODEL   ?= smollm2-135m
 TORCH   ?= torch==2.13.0
 LIMIT   ?= 100
 
-.PHONY: help setup run test test-fast bench clean-cache
+.PHONY: help setup run test test-fast bench clean-cache trace reproduce-table1 reproduce-table2 reproduce-figures sweep-alpha
+# QUICK=1 shrinks every reproduction to a few-minute smoke test (T = 4, 8).
+QUICK   ?=
+OUT     ?= runs
+REPRO   := $(BIN)/intattn reproduce --model $(MODEL) --out $(OUT) $(if $(QUICK),--quick,)
 
 help:
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -29,6 +33,20 @@ test: setup  ## the whole test suite (tiny models + the real SmolLM2 model)
 
 test-fast: setup  ## unit tests only (no real model)
 	$(BIN)/python -m pytest -q -m "not real_model and not slow"
+
+trace: setup  ## causal tracing over 100 known facts -> results/tracing/$(MODEL) (+ model_results/$(MODEL).json)
+	$(BIN)/intattn trace --model $(MODEL) --facts $(if $(QUICK),3,100) --out results/tracing/$(MODEL)
+
+reproduce-table2: setup  ## Table 2: KnowEdit WikiData_counterfact, T=100/300/500, all methods (MODEL=, QUICK=1)
+	$(REPRO) table2
+
+reproduce-table1: setup  ## Table 1: the same on KnowEdit ZsRE
+	$(REPRO) table1
+
+sweep-alpha: setup  ## Figure 4: IntAttn-Edit over a grid of α at fixed T, offline W&B logging
+	$(REPRO) sweep-alpha --wandb
+
+reproduce-figures: trace sweep-alpha  ## Figures 1, 2 (tracing) and 4 (α sweep)
 
 clean-cache:  ## remove cached model weights and statistics (~/.cache/intattn_tl or $$INTATTN_CACHE)
 	rm -rf $${INTATTN_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/intattn_tl}

@@ -36,9 +36,13 @@ def generate_prefixes(model: LoadedModel, n_tokens: int = 10, seed: int = 0) -> 
     return out
 
 
-def context_prefixes(model: LoadedModel, n_tokens: int = 10, seed: int = 0) -> list[str]:
-    """The empty prefix plus len(STARTS) generated ones, cached on disk per model weights."""
-    path = cache_dir() / "prefixes" / f"{model.name.replace('/', '_')}-{weights_fingerprint(model)}-{n_tokens}-{seed}.json"
+def context_prefixes(model: LoadedModel, n_tokens: int = 10, seed: int = 0, fingerprint: str | None = None) -> list[str]:
+    """The empty prefix plus len(STARTS) generated ones, cached on disk per model weights.
+
+    `fingerprint`: the caller's `weights_fingerprint(model)`, if it has one (saves recomputing it).
+    """
+    fingerprint = fingerprint or weights_fingerprint(model)
+    path = cache_dir() / "prefixes" / f"{model.name.replace('/', '_')}-{fingerprint}-{n_tokens}-{seed}.json"
     if path.exists():
         try:
             cached = json.loads(path.read_text())

@@ -7,12 +7,13 @@ class TokenError(ValueError):
     """A subject or answer cannot be located in the tokenized prompt."""
 
 
-def subject_span(tokenizer, prompt: str, subject: str) -> tuple[int, int]:
-    """Token indices [start, end) covering the first occurrence of `subject` in `prompt`.
+def subject_span(tokenizer, prompt: str, subject: str, start: int = 0) -> tuple[int, int]:
+    """Token indices [start, end) covering the first occurrence of `subject` in `prompt[start:]`.
 
     Uses the tokenizer's character offsets, so it works whatever the tokenizer does with spaces.
+    `start` skips a context prefix that might itself mention the subject.
     """
-    char_start = prompt.find(subject)
+    char_start = prompt.find(subject, start)
     if not subject or char_start < 0:
         raise TokenError(f"subject {subject!r} does not occur in prompt {prompt!r}")
     char_end = char_start + len(subject)
