@@ -1,0 +1,121 @@
+"""`intattn trace`: causal tracing over known facts; writes arrays, CSV, figures and the alpha/layers file."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def _layers(text: str | None):
+    return None if text is None else [int(x) for x in text.split(",") if x.strip()]
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--facts", type=int, default=100, help="trace this many facts the model knows (known_1000)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--samples", type=int, default=10, help="noise samples per fact")
+    p.add_argument("--noise-scale", type=float, default=3.0, help="noise std in units of the embedding std")
+    p.add_argument("--window", type=int, default=10, help="layers restored together by the *_window kinds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--single", action="store_true", help="choose layers/alpha from single-layer curves, not windows")
+    p.add_argument("--attn-width", type=int, default=3, help="number of consecutive critical attention layers")
+    p.add_argument("--mlp-width", type=int, default=5, help="number of consecutive critical MLP layers")
+    p.add_argument("--attn-layers", help="override: comma-separated attention layers")
+    p.add_argument("--mlp-layers", help="override: comma-separated MLP layers")
+    p.add_argument("--result-file", help="where to write the alpha/layers JSON "
+                   "(default: the package's model_results/<model>.json, which the editor reads)")
+    p.add_argument("--no-result-file", action="store_true", help="write the JSON only into --out")
+
+
+def run(args) -> int:
+    import numpy as np
+    import torch
+
+    from ..balance import CLASSES, aggregate, summarize
+    from ..data import load_known_facts
+    from ..hparams import RESULTS_DIR
+    from ..models import load_model
+    from ..plots import plot_heatmaps, plot_layer_curves
+    from ..tracing import KINDS, TraceError, trace_dataset
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
+    t0 = time.time()
+    model = load_model(args.model, device=args.device)
+    trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples, noise_scale=args.noise_scale,
+                          window=args.window, seed=args.seed)
+    results = trace.results
+    print(f"traced {len(results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in {time.time() - t0:.0f}s")
+    if not results:
+        print("no fact could be traced; see skipped.json", file=sys.stderr)
+        (out / "skipped.json").write_text(json.dumps(trace.skipped, indent=1))
+        return 1
+    if len(results) < args.facts:
+        print(f"warning: only {len(results)} known facts found, fewer than --facts {args.facts}", file=sys.stderr)
+
+    ld, prob = aggregate(results, "ld"), aggregate(results, "prob")
+    arrays = {"kinds": np.array(KINDS), "classes": np.array(CLASSES)}
+    for name, agg in (("ld", ld), ("prob", prob)):
+        arrays.update({f"{name}_{k}": v for k, v in agg.items()})
+    for i, r in enumerate(results):
+        arrays.update({f"fact{i}_prob": r.prob, f"fact{i}_logit_diff": r.logit_diff,
+                       f"fact{i}_scalars": np.array([r.p_clean, r.p_corrupt, r.ld_clean, r.ld_corrupt])})
+    np.savez_compressed(out / "trace.npz", **arrays)
+    facts_meta = [{"prompt": r.prompt, "subject": r.subject, "answer": r.answer, "tokens": r.tokens,
+                   "subject_span": r.subject_span, "contrast_token": r.contrast_token,
+                   "p_clean": r.p_clean, "p_corrupt": r.p_corrupt, "ld_clean": r.ld_clean, "ld_corrupt": r.ld_corrupt}
+                  for r in results]
+    (out / "facts.json").write_text(json.dumps({"facts": facts_meta, "skipped": trace.skipped}, indent=1))
+
+    with (out / "effects.csv").open("w") as f:
+        f.write("metric,kind,layer,token_class,mean,se,count\n")
+        for name, agg in (("ld", ld), ("prob", prob)):
+            for k, kind in enumerate(KINDS):
+                for layer in range(agg["mean"].shape[1]):
+                    for c, cls in enumerate(CLASSES):
+                        f.write(f"{name},{kind},{layer},{cls},{agg['mean'][k, layer, c]:.6g},"
+                                f"{agg['se'][k, layer, c]:.6g},{agg['count'][k, layer, c]}\n")
+
+    import matplotlib.pyplot as plt
+
+    title = f"{args.model}, {len(results)} facts"
+    pair = ("attn", "mlp") if args.single else ("attn_window", "mlp_window")
+    figures = {
+        "fig1_heatmaps.png": plot_heatmaps(ld, KINDS, title=title),
+        "fig1_heatmaps_single.png": plot_heatmaps(ld, KINDS, show=("resid", "attn", "mlp"), title=title + ", single layer"),
+        "fig2_last_subject.png": plot_layer_curves(ld, prob, KINDS, pair=pair, title=title),
+    }
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+    try:
+        summary = summarize(results, attn_width=args.attn_width, mlp_width=args.mlp_width, window=not args.single,
+                            attn_layers=_layers(args.attn_layers), mlp_layers=_layers(args.mlp_layers))
+    except TraceError as err:
+        print(f"intattn trace: no alpha/layers file written: {err} (arrays and figures are in {out})", file=sys.stderr)
+        return 1
+    record = {
+        "model": args.model, "alpha": round(summary["alpha"], 4), "mlp_layers": summary["mlp_layers"],
+        "attn_layers": summary["attn_layers"], "n_facts": len(results), "n_read": trace.seen,
+        "curve": "single layer" if args.single else f"window {args.window}",
+        "n_samples": args.samples, "noise_scale": args.noise_scale, "seed": args.seed,
+        "overridden": bool(args.attn_layers or args.mlp_layers),
+        "ld_last_subject": {k: [round(x, 4) for x in v] for k, v in summary["curves"].items() if k != "kinds"},
+        "command": command or f"intattn trace --model {args.model} --facts {args.facts} --out {args.out}",
+    }
+    text = json.dumps(record, indent=1)
+    (out / f"{args.model}.json").write_text(text)
+    if not args.no_result_file:
+        target = Path(args.result_file) if args.result_file else RESULTS_DIR / f"{args.model}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n")
+        print(f"wrote {target}")
+    print(f"alpha={record['alpha']} attn_layers={record['attn_layers']} mlp_layers={record['mlp_layers']} -> {out}")
+    return 0

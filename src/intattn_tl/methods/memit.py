@@ -1,0 +1,178 @@
+"""MEMIT (Meng et al. 2023): spread a residual-stream change over a band of MLP output matrices.
+
+One target per fact: delta at the residual after the last edited layer L (targets.target_deltas), so
+z = h_L + delta. Then for each layer l in ascending order, with keys and residuals recomputed after
+every update:  R = (z - h_L) / (layers left),  W_out[l] += R K^T (lam C + K K^T)^-1.
+`memit_chain` is that loop for either weight kind; AlphaEdit and IntAttn-Edit reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..covariance import CHUNK, second_moments
+from ..editing import EditError, EditState, WeightTransaction, register
+from ..hparams import tracing_result
+from ..keys import key_site, resid_post, subject_activations
+from ..models import LoadedModel
+from ..solve import solve_delta
+
+
+@dataclass
+class TargetFields:
+    """Target-value optimisation (EasyEdit names), handed to targets.TargetHparams, plus the statistics."""
+
+    v_lr: float = 0.5
+    v_num_grad_steps: int = 25
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    mom2_n_samples: int = 100_000
+    mom2_dataset: str | None = None  # None: WikiText-2; else a text file
+    early_stop_loss: float = 5e-2
+    seed: int = 0
+    use_prefixes: bool = True  # average keys / optimise targets over context prefixes (MEMIT)
+
+    def validate(self, model: LoadedModel) -> None:
+        if self.mom2_n_samples < CHUNK:
+            raise EditError(f"mom2_n_samples must be >= {CHUNK}, got {self.mom2_n_samples}")
+        if self.v_num_grad_steps < 1 or self.v_lr <= 0:
+            raise EditError(f"v_num_grad_steps must be >= 1 and v_lr > 0 (got {self.v_num_grad_steps}, {self.v_lr})")
+
+
+def check_layers(model: LoadedModel, layers, what: str) -> list[int]:
+    layers = [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < model.spec.n_layers]
+    if bad or not layers or len(set(layers)) != len(layers):
+        raise EditError(f"{what} {layers} invalid for {model.name}: need distinct layers in [0, {model.spec.n_layers - 1}]")
+    return sorted(layers)
+
+
+def default_mlp_layers(model: LoadedModel) -> list[int]:
+    """Tracing result's MLP layers, else MEMIT's early-middle band scaled to depth (GPT-J 3-8 of 28)."""
+    traced = tracing_result(model.name) or {}
+    if traced.get("mlp_layers"):
+        return list(traced["mlp_layers"])
+    n = model.spec.n_layers
+    return list(range(max(1, n // 10), max(2, n // 4) + 1))
+
+
+def target_hparams(hp):
+    """The TargetHparams whose fields a method's hparams share by name."""
+    from ..targets import TargetHparams
+
+    names = {f.name for f in dataclasses.fields(TargetHparams)}
+    return TargetHparams(**{k: v for k, v in dataclasses.asdict(hp).items() if k in names})
+
+
+def edit_prefixes(model: LoadedModel, hp, state: EditState) -> list[str]:
+    """Context prefixes, fetched once per EditState: they must come from the weights before any edit."""
+    if not hp.use_prefixes:
+        return [""]
+    if "prefixes" not in state.data:
+        from ..prefixes import context_prefixes
+
+        state.data["prefixes"] = context_prefixes(model)
+    return state.data["prefixes"]
+
+
+def edit_statistics(model: LoadedModel, sites: list[tuple[str, int]], hp, state: EditState) -> dict:
+    """E[k k^T] per site, held by the EditState so later sequential batches reuse the unedited model's."""
+    held = state.data.setdefault("second_moments", {})
+    key = lambda s: (*s, hp.mom2_n_samples, hp.mom2_dataset)  # noqa: E731
+    missing = [s for s in sites if key(s) not in held]
+    if missing:
+        got = second_moments(model, missing, hp.mom2_n_samples, hp.mom2_dataset, progress=True)
+        held.update({key(s): c for s, c in got.items()})
+    return {s: held[key(s)] for s in sites}
+
+
+def to_module_space(model: LoadedModel, kind: str, layer: int, K: Float[Tensor, "n d_in"],
+                    R: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
+    """The change of W k that moves the module's *residual contribution* by R.
+
+    Llama-style: the same R. Gemma-3 adds norm(v) = g * v / rms(v), v = W k, to the residual. RMSNorm is
+    scale-invariant, so the wanted output o + R maps back to v* = rms(v) * (o + R) / g (the current scale
+    kept): the direction comes out exact, the size off by rms((o + R)/g) = 1 + O(|R|/|o|) - the norm can
+    emit nothing else - and the next layers' residual recomputation absorbs the rest. Channels whose gain
+    is 0 (real Gemma-3 weights have some) cannot be steered: they keep their current value.
+    """
+    if not model.spec.post_norm:
+        return R
+    norm = (model.spec.post_mlp_norms if kind == "w_out" else model.spec.post_attn_norms)[layer]
+    W = getattr(model.spec, kind)[layer]
+    with torch.no_grad():
+        v = K.to(W.dtype) @ W.T
+        g = norm(torch.full((1, v.shape[-1]), 1e3, dtype=v.dtype, device=v.device))[0]  # rms(probe)=1e3: g
+        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6))
+        rms = v.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+        live = g.abs() > 1e-6
+        want = (norm(v) + R.to(v.dtype)) / torch.where(live, g, torch.ones_like(g))
+        return rms * torch.where(live, want, v / rms) - v
+
+
+Solver = Callable[[int, Tensor, Tensor], Tensor]  # (layer, R [d_out, n], K [d_in, n]) -> delta
+
+
+def memit_chain(model: LoadedModel, records, kind: str, layers: list[int], z: Float[Tensor, "n d_model"],
+                z_layer: int, solver: Solver, tx: WeightTransaction, prefixes: list[str],
+                subject_tokens: str = "last") -> list[dict]:
+    """Ascending over `layers`: recompute keys and h_{z_layer}, solve for (z - h)/(layers left), update."""
+    stats = []
+    for i, layer in enumerate(layers):
+        site = key_site(kind, layer)
+        K = subject_activations(model, records, [site], prefixes, subject_tokens)[site]
+        h = resid_post(model, records, z_layer, [""])
+        R = (z - h) / (len(layers) - i)
+        delta = solver(layer, to_module_space(model, kind, layer, K, R).T, K.T)
+        tx.update(kind, layer, delta)
+        stats.append({"kind": kind, "layer": layer, "residual_norm": float(R.norm(dim=-1).mean()),
+                      "delta_norm": float(delta.norm())})
+    return stats
+
+
+# ----------------------------------------------------------------------------- MEMIT itself
+
+
+@dataclass
+class MEMITHparams(TargetFields):
+    layers: list[int] | None = None  # None: tracing result's MLP layers, else default_mlp_layers
+    mom2_update_weight: float = 15000.0  # lam in lam*C + K K^T
+
+    def resolved_layers(self, model: LoadedModel) -> list[int]:
+        return check_layers(model, self.layers if self.layers is not None else default_mlp_layers(model), "layers")
+
+    def validate(self, model: LoadedModel) -> None:
+        super().validate(model)
+        self.resolved_layers(model)
+        if self.mom2_update_weight < 0:
+            raise EditError(f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}")
+
+
+def lam_solver(C: dict, kind: str, lam: float) -> Solver:
+    return lambda layer, R, K: solve_delta(R, K, C[(kind, layer)], lam)
+
+
+def targets_at(model: LoadedModel, records, z_layer: int, hp, prefixes: list[str]):
+    """(h_L on the bare prompts, delta): the chain drives h_L to h_L + delta."""
+    from ..targets import target_deltas
+
+    delta = target_deltas(model, records, z_layer, target_hparams(hp), prefixes=prefixes)
+    return resid_post(model, records, z_layer, [""]), delta
+
+
+@register("memit", MEMITHparams, batch=True)
+def run(model: LoadedModel, records, hp: MEMITHparams, tx: WeightTransaction, state: EditState) -> dict:
+    layers = hp.resolved_layers(model)
+    prefixes = edit_prefixes(model, hp, state)
+    C = edit_statistics(model, [("w_out", l) for l in layers], hp, state)
+    h, delta = targets_at(model, records, layers[-1], hp, prefixes)
+    steps = memit_chain(model, records, "w_out", layers, h + delta, layers[-1],
+                        lam_solver(C, "w_out", hp.mom2_update_weight), tx, prefixes)
+    return {"layers": layers, "steps": steps, "target_norm": float(delta.norm(dim=-1).mean())}

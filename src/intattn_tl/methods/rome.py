@@ -1,0 +1,94 @@
+"""ROME (Meng et al. 2022): one rank-one update of one layer's MLP output matrix per fact.
+
+Key k* = the MLP key (input to W_out) at the last subject token, averaged over context prefixes.
+Value v* = the MLP output for the bare prompt plus the target delta (targets.target_deltas at this layer:
+adding to hook_mlp_out == adding to hook_resid_post). With C = E[k k^T] over Wikipedia text, the paper's
+update (its Eq. 2) is the smallest change in the C^-1 metric that makes W k* = v*:
+
+    Delta = (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*)
+
+(ROME's code mixes keys: C^-1 k* from the averaged key, but W k and the denominator from the bare prompt's
+key; R-ROME (r_rome.py) uses one key throughout.) Gemma-3 adds norm(W k) to the residual, so v* is first
+mapped back through the post-feed-forward norm (targets.prenorm_target).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..editing import EditError, EditState, WeightTransaction, register
+from ..keys import mlp_keys
+from ..models import LoadedModel
+from ..targets import prenorm_target, target_deltas
+from .memit import TargetFields, check_layers, edit_prefixes, edit_statistics, target_hparams
+
+
+@dataclass
+class ROMEHparams(TargetFields):
+    layers: list[int] | None = None  # exactly one layer; None: the YAML's / an early-middle default
+    mom2_adjustment: bool = True  # False: C = I (plain least-norm rank-one update)
+    v_weight_decay: float = 0.5  # ROME's value (MEMIT uses 1e-3)
+
+    def layer(self, model: LoadedModel) -> int:
+        layers = self.layers if self.layers is not None else [default_rome_layer(model)]
+        if len(layers) != 1:
+            raise EditError(f"ROME edits exactly one layer; got layers={layers}")
+        return check_layers(model, layers, "layers")[0]
+
+    def validate(self, model: LoadedModel) -> None:
+        super().validate(model)
+        self.layer(model)
+
+
+def default_rome_layer(model: LoadedModel) -> int:
+    """ROME's GPT-2 XL choice, layer 17 of 48, scaled to depth."""
+    return round(model.spec.n_layers * 17 / 48)
+
+
+def rank_one(W: Float[Tensor, "d_out d_in"], k: Float[Tensor, "d_in"], v: Float[Tensor, "d_out"],
+             C: Float[Tensor, "d_in d_in"] | None) -> Float[Tensor, "d_out d_in"]:
+    """Delta = (v - W k) u^T / (u^T k), u = C^-1 k: afterwards (W + Delta) k = v exactly (float64)."""
+    W, k, v = W.double(), k.double(), v.double()
+    u = k if C is None else torch.linalg.solve(C.double().to(k.device), k)
+    denom = u @ k
+    if not torch.isfinite(denom) or denom.abs() < 1e-12:
+        raise EditError(f"ROME: degenerate key (k^T C^-1 k = {float(denom):.3g}); cannot make a rank-one update")
+    return torch.outer(v - W @ k, u) / denom
+
+
+def value_target(model: LoadedModel, layer: int, k_bare: Float[Tensor, "d_mlp"],
+                 delta: Float[Tensor, "d_model"]) -> Float[Tensor, "d_model"]:
+    """v*: the bare prompt's W_out k moved by `delta` in residual space (mapped through Gemma's norm)."""
+    W = model.spec.w_out[layer]
+    with torch.no_grad():
+        out = W @ k_bare.to(W.dtype)
+        if not model.spec.post_norm:
+            return out + delta.to(out.dtype)
+        norm = model.spec.post_mlp_norms[layer]
+        return prenorm_target(norm, out, norm(out) + delta.to(out.dtype))
+
+
+def rome_update(model: LoadedModel, record, hp: ROMEHparams, state: EditState,
+                consistent: bool) -> tuple[int, Tensor, dict]:
+    """(layer, Delta, stats) for one record. consistent=False: ROME (averaged key k*), True: R-ROME."""
+    layer = hp.layer(model)
+    prefixes = edit_prefixes(model, hp, state)
+    C = edit_statistics(model, [("w_out", layer)], hp, state)[("w_out", layer)] if hp.mom2_adjustment else None
+    delta = target_deltas(model, [record], layer, target_hparams(hp), prefixes=prefixes)[0]
+    k_bare = mlp_keys(model, [record], layer, [""])[0]
+    k = k_bare if consistent else mlp_keys(model, [record], layer, prefixes)[0]
+    v = value_target(model, layer, k_bare, delta)
+    D = rank_one(model.spec.w_out[layer], k, v, C)
+    return layer, D, {"layer": layer, "target_norm": float(delta.norm()), "delta_norm": float(D.norm())}
+
+
+@register("rome", ROMEHparams, batch=False)
+def run(model: LoadedModel, records, hp: ROMEHparams, tx: WeightTransaction, state: EditState) -> dict:
+    (record,) = records
+    layer, D, stats = rome_update(model, record, hp, state, consistent=False)
+    tx.update("w_out", layer, D)
+    return stats

@@ -1,0 +1,186 @@
+"""Reproduce the paper's Tables 1 and 2: every method x batch size T on a KnowEdit dataset, resumable.
+
+Semantics (written into every output): for each (method, T) the model starts unedited (we roll the previous
+cell's edit back, which restores the weights bit-for-bit — the same as reloading), the FIRST T records of
+the dataset's test split are edited (batch methods in one batch; ROME / R-ROME / FT one edit after
+another), then all T records are evaluated after the last edit. Each finished cell is written atomically to
+`<out>/cells/<method>-T<T>.json` (+ per-record CSV); a re-run skips finished cells and never reports a
+half-finished one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .data import load_edits
+from .editing import edit, get_method
+from .evaluate import EvalConfig, evaluate, locality_reference, summarize
+from .hparams import load_hparams
+from .models import LoadedModel, load_model
+
+METHODS = ("ft", "rome", "r-rome", "memit", "alphaedit", "intattn")
+DISPLAY = {"pre-edit": "Pre-edit", "ft": "FT", "rome": "ROME", "r-rome": "R-ROME", "memit": "MEMIT",
+           "alphaedit": "AlphaEdit", "intattn": "IntAttn-Edit"}
+# (summary key, column title, higher is better)
+COLUMNS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
+TABLES = {"table1": "zsre", "table2": "wiki_counterfact"}
+SEMANTICS = ("For each (method, T): the unedited model (previous edits rolled back bit-exactly); the first T "
+             "records of the test split edited (MEMIT/AlphaEdit/IntAttn-Edit in one batch, ROME/R-ROME/FT one "
+             "edit after another); all T records evaluated after the last edit.")
+
+
+@dataclass
+class TableRun:
+    table: str = "table2"
+    model: str = "smollm2-135m"
+    sizes: tuple[int, ...] = (100, 300, 500)
+    methods: tuple[str, ...] = METHODS
+    out: Path = Path("runs")
+    device: str = "cpu"
+    eval_cfg: EvalConfig = field(default_factory=EvalConfig)
+    hparam_overrides: dict = field(default_factory=dict)  # method -> {field: value}
+    wandb: bool = False
+
+    @property
+    def dataset(self) -> str:
+        return TABLES[self.table]
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.out) / f"{self.table}-{self.model}"
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.replace(path)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def run_cell(model: LoadedModel, method: str, records, run: TableRun, ref) -> tuple[dict, list[dict]]:
+    """Edit `records` with `method`, evaluate them, roll back. Returns (summary, per-record rows)."""
+    t0 = time.time()
+    if method == "pre-edit":
+        rows = evaluate(model, records, run.eval_cfg, locality_ref=ref)
+        return {**summarize(rows), "edit_seconds": 0.0, "eval_seconds": time.time() - t0}, rows
+    hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
+    result = edit(model, records, method=method, hparams=hp)
+    t_edit = time.time() - t0
+    try:
+        rows = evaluate(model, records, run.eval_cfg, locality_ref=ref)
+    finally:
+        result.rollback()
+    return {**summarize(rows), "edit_seconds": t_edit, "eval_seconds": time.time() - t0 - t_edit}, rows
+
+
+def run_table(run: TableRun) -> Path:
+    """Run every missing cell of the table, then write table.md / table.csv. Returns the output folder."""
+    out = run.dir
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    cells = [("pre-edit", T) for T in run.sizes] + [(m, T) for m in run.methods for T in run.sizes]
+    todo = [(m, T) for m, T in cells if not (out / "cells" / f"{m}-T{T}.json").exists()]
+    for m in {m for m, _ in todo} - {"pre-edit"}:
+        get_method(m)  # fail early on an unknown method name
+    _write_json_atomic(out / "run.json", {"table": run.table, "dataset": run.dataset, "model": run.model,
+                                          "sizes": list(run.sizes), "methods": list(run.methods),
+                                          "semantics": SEMANTICS, "eval": vars(run.eval_cfg)})
+    if todo:
+        model = load_model(run.model, device=run.device)
+        records = load_edits(run.dataset, limit=max(run.sizes))
+        ref = locality_reference(model, records, run.eval_cfg)  # pre-edit predictions, computed once
+        bar = tqdm(todo, desc=f"{run.table} cells", unit="cell")
+        for method, T in bar:
+            bar.set_postfix_str(f"{method} T={T}")
+            summary, rows = run_cell(model, method, records[:T], run, ref)
+            summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset)
+            _write_rows(out / "cells" / f"{method}-T{T}.csv", rows)
+            _write_json_atomic(out / "cells" / f"{method}-T{T}.json", summary)
+            if run.wandb:
+                _log_wandb(run, method, T, summary, rows)
+    write_table(run)
+    return out
+
+
+def _log_wandb(run: TableRun, method: str, T: int, summary: dict, rows: list[dict]) -> None:
+    from .tracking import finish, log_results, start_run
+
+    wb = start_run(run.table, config={"table": run.table, "model": run.model, "method": method, "T": T,
+                                      "dataset": run.dataset}, name=f"{run.table}-{run.model}-{method}-T{T}",
+                   dir=run.dir)
+    log_results(wb, summary, rows)
+    finish(wb)
+
+
+def load_cells(run: TableRun) -> dict[tuple[str, int], dict]:
+    cells = {}
+    for path in sorted((run.dir / "cells").glob("*.json")):
+        s = json.loads(path.read_text())
+        cells[(s["method"], int(s["T"]))] = s
+    return cells
+
+
+def _marks(values: dict[str, float]) -> dict[str, str]:
+    """Best in bold, second marked with a dagger (methods only; the pre-edit row is not ranked)."""
+    ranked = sorted((v, m) for m, v in values.items() if m != "pre-edit" and v is not None and not math.isnan(v))
+    ranked.reverse()
+    marks = {}
+    if ranked:
+        marks[ranked[0][1]] = "bold"
+    if len(ranked) > 1:
+        marks[ranked[1][1]] = "dagger"
+    return marks
+
+
+def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: str) -> str:
+    lines = [f"### {title}", "", SEMANTICS, ""]
+    for T in sizes:
+        header = ["Method", *[c[1] for c in COLUMNS], "Exact match", "Edit s", "Eval s"]
+        lines += [f"**T = {T}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        order = ["pre-edit", *methods]
+        marks = {key: _marks({m: cells.get((m, T), {}).get(key) for m in order}) for key, _ in COLUMNS}
+        for m in order:
+            cell = cells.get((m, T))
+            if cell is None:
+                lines.append(f"| {DISPLAY.get(m, m)} | " + " | ".join(["(not run)"] * (len(header) - 1)) + " |")
+                continue
+            vals = []
+            for key, _ in COLUMNS:
+                v = cell.get(key)
+                text = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+                mark = marks[key].get(m)
+                vals.append(f"**{text}**" if mark == "bold" else f"{text}†" if mark == "dagger" else text)
+            em = cell.get("exact_match")
+            vals.append("n/a" if em is None else f"{em:.2f}")
+            vals += [f"{cell.get('edit_seconds', 0):.0f}", f"{cell.get('eval_seconds', 0):.0f}"]
+            lines.append(f"| {DISPLAY.get(m, m)} | " + " | ".join(vals) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_table(run: TableRun) -> Path:
+    cells = load_cells(run)
+    title = f"{run.table} — {run.dataset}, {run.model}"
+    md = format_markdown(cells, run.sizes, run.methods, title)
+    (run.dir / "table.md").write_text(md + "\n")
+    with (run.dir / "table.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["method", "T", *[k for k, _ in COLUMNS], "exact_match", "edit_seconds", "eval_seconds"])
+        for (m, T), s in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("exact_match"), s.get("edit_seconds"), s.get("eval_seconds")])
+    return run.dir / "table.md"

@@ -1,0 +1,440 @@
+"""Target values: the residual change at one layer that makes the model say `target_new` (MEMIT's z - h).
+
+For record i we look for delta_i such that adding it to the residual stream output of `layer`
+(`blocks.{layer}.hook_resid_post`) at the last subject token makes every prefixed prompt continue with
+target_new, while "{subject} is a" keeps its next-token distribution:
+
+    loss_i = mean_p NLL(target_new | prefix_p + prompt) + kl_factor * KL(p0 || p_delta)
+             + v_weight_decay * |delta_i| / |h_i|^2,        |delta_i| <= clamp_norm_factor * |h_i|
+
+(h_i = the residual at that position in the unprefixed prompt; the weight-decay term is MEMIT's.)
+
+Nothing below `layer`, and nothing before the subject token, depends on delta. So the model runs up to
+`layer` once (`residual_at`), the layers above it run once over the positions before each row's subject
+token to keep their keys/values (`Suffixes`), and every Adam step runs only the layers above `layer` on
+the positions from the subject token on. `logits_from` is the plain (all positions) version of the same
+partial forward. Records are optimised together in one padded batch; Adam is element-wise and each record
+stops on its own, so a record's delta is the same as if it were optimised alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from .data import EditRecord
+from .models import LoadedModel, weights_fingerprint
+from .paths import cache_dir
+from .tokens import answer_ids, prompt_ids, subject_span
+
+
+class TargetError(ValueError):
+    """Bad arguments for target optimisation (layer out of range, no prefixes, ...)."""
+
+
+@dataclass(frozen=True)
+class TargetHparams:
+    v_lr: float = 0.5
+    v_num_grad_steps: int = 25
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    kl_factor: float = 0.0625
+    early_stop_loss: float = 5e-2
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.v_num_grad_steps < 1:
+            raise TargetError(f"v_num_grad_steps must be >= 1, got {self.v_num_grad_steps}")
+        if self.v_lr <= 0 or self.clamp_norm_factor <= 0:
+            raise TargetError(f"v_lr and clamp_norm_factor must be > 0, got {self.v_lr}, {self.clamp_norm_factor}")
+        if self.kl_factor < 0 or self.v_weight_decay < 0:
+            raise TargetError(f"kl_factor and v_weight_decay must be >= 0, got {self.kl_factor}, {self.v_weight_decay}")
+
+
+# ----------------------------------------------------------------------------- partial forward
+
+
+def residual_at(model: LoadedModel, ids: Int[Tensor, "b t"], layer: int) -> Float[Tensor, "b t d"]:
+    """blocks.{layer}.hook_resid_post, running only the blocks up to `layer`."""
+    with torch.no_grad():
+        return model.bridge(ids, stop_at_layer=layer + 1)
+
+
+def _decoder(model: LoadedModel) -> nn.Module:
+    inner = getattr(model.hf_model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        raise TargetError(f"partial forward needs a Llama/Gemma-style decoder; {type(model.hf_model).__name__} is not")
+    return inner
+
+
+def _rope_takes_layer_type(rotary: nn.Module) -> bool:
+    rotary = getattr(rotary, "original_component", rotary)
+    return "layer_type" in inspect.signature(rotary.forward).parameters
+
+
+def hidden_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int) -> Float[Tensor, "b t d"]:
+    """Run blocks layer+1 .. n-1 and the final norm on `resid` (= the output of block `layer`).
+
+    Mirrors the HF decoder forward (transformers 5): causal masks per attention type and rotary
+    embeddings for positions 0..t-1. No padding mask is needed: pads are on the right, so no real token
+    attends to them.
+    """
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    inner = _decoder(model)
+    cfg = inner.config
+    if getattr(cfg, "use_bidirectional_attention", False):
+        raise TargetError("partial forward does not support bidirectional attention")
+    b, t, _ = resid.shape
+    pos = torch.arange(t, device=resid.device).unsqueeze(0)
+    ones = torch.ones(b, t, dtype=torch.long, device=resid.device)
+    kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
+    mask_args = dict(config=cfg, inputs_embeds=resid, attention_mask=ones, cache=None, position_ids=pos)
+    masks = {"full_attention": create_causal_mask(**mask_args)}
+    if "sliding_attention" in kinds:
+        masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+    if _rope_takes_layer_type(inner.rotary_emb):
+        rope = {k: inner.rotary_emb(resid, pos, k) for k in set(kinds)}
+    else:
+        rope = {k: inner.rotary_emb(resid, position_ids=pos) for k in set(kinds)}
+    h = resid
+    for i in range(layer + 1, cfg.num_hidden_layers):
+        out = inner.layers[i](h, attention_mask=masks[kinds[i]], position_embeddings=rope[kinds[i]], position_ids=pos)
+        h = out[0] if isinstance(out, tuple) else out
+    return inner.norm(h)
+
+
+def unembed(model: LoadedModel, h: Float[Tensor, "m d"]) -> Float[Tensor, "m vocab"]:
+    logits = model.hf_model.lm_head(h)
+    cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
+                where: torch.BoolTensor | None = None) -> Tensor:
+    """Logits of the full model given the output of block `layer`; only at `where` ([m, vocab]) if given."""
+    h = hidden_from(model, resid, layer)
+    return unembed(model, h[where] if where is not None else h)
+
+
+# ----------------------------------------------------------------------------- fast path: suffixes only
+
+
+class _FixedKV:
+    """Stand-in for HF's KV cache. Recording: keeps each layer's keys/values. Replaying: returns the kept
+    ones of `rows` followed by the new ones, keeping nothing (so every step starts from the same cache)."""
+
+    def __init__(self):
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
+        self.rows: Tensor | None = None  # None: recording
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if self.rows is None:
+            self.kv[layer_idx] = (k.detach(), v.detach())
+            return k, v
+        if layer_idx not in self.kv:  # no fixed positions at all (every row starts at 0)
+            return k, v
+        fk, fv = self.kv[layer_idx]
+        return torch.cat([fk[self.rows], k], -2), torch.cat([fv[self.rows], v], -2)
+
+
+def _orig(module: nn.Module) -> nn.Module:
+    return getattr(module, "original_component", None) or module
+
+
+def _block(block: nn.Module, h: Tensor, mask: Tensor, rope, pos: Tensor, cache: _FixedKV) -> Tensor:
+    """One Llama / Gemma-3 decoder layer from its HF parts (attention called with our mask and cache)."""
+    blk = _orig(block)
+    a, _ = _orig(blk.self_attn)(hidden_states=blk.input_layernorm(h), position_embeddings=rope,
+                                attention_mask=mask, cache=cache, position_ids=pos)
+    if hasattr(blk, "post_feedforward_layernorm"):  # Gemma-3: norms around both sublayers
+        h = h + blk.post_attention_layernorm(a)
+        return h + blk.post_feedforward_layernorm(blk.mlp(blk.pre_feedforward_layernorm(h)))
+    h = h + a
+    return h + blk.mlp(blk.post_attention_layernorm(h))
+
+
+def _additive(allowed: torch.BoolTensor, dtype) -> Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+class Suffixes:
+    """Logits above `layer` when only positions >= start[i] of row i change (the delta's position onwards).
+
+    Positions before start[i] do not depend on the delta, so the keys/values the upper layers make for
+    them are computed once; each call runs the upper layers on the suffixes only, suffix j of row i at
+    absolute position start[i] + j, attending to the kept keys c < start[i] and to suffix keys j' <= j.
+    """
+
+    def __init__(self, model: LoadedModel, resid: Float[Tensor, "b t d"], start: Int[Tensor, "b"],
+                 length: Int[Tensor, "b"], layer: int):
+        inner = _decoder(model)
+        cfg = inner.config
+        if getattr(cfg, "use_bidirectional_attention", False):
+            raise TargetError("partial forward does not support bidirectional attention")
+        self.model, self.inner, self.layer = model, inner, layer
+        self.kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
+        window = getattr(cfg, "sliding_window", None)
+        dev, b = resid.device, resid.shape[0]
+        P = int(start.max())
+        S = int((length - start).max())
+        self.S = S
+        # keys/values of the fixed positions 0..P-1 (row i uses only c < start[i])
+        self.cache = _FixedKV()
+        c = torch.arange(P, device=dev)
+        fixed_pos = c.unsqueeze(0).expand(b, P)
+        fixed_masks = self._masks(c[:, None] >= c[None, :], c[:, None] - c[None, :], window, resid.dtype)
+        if P > 0:
+            self._run(resid[:, :P], fixed_pos, {k: m.expand(b, 1, P, P) for k, m in fixed_masks.items()})
+        self.cache.rows = torch.arange(b, device=dev)
+        # suffixes, their absolute positions and their masks over [fixed keys, suffix keys]
+        j = torch.arange(S, device=dev)
+        self.pos = start[:, None] + j[None, :]  # [b, S]
+        self.real = j[None, :] < (length - start)[:, None]
+        self.suffix = resid.gather(1, self.pos.clamp(max=resid.shape[1] - 1)[..., None].expand(-1, -1, resid.shape[-1]))
+        q = self.pos[:, :, None]  # [b, S, 1]
+        keys_abs = torch.cat([c[None, None, :].expand(b, S, P), self.pos[:, None, :].expand(b, S, S)], -1)
+        kept = torch.cat([(c[None, :] < start[:, None])[:, None, :].expand(b, S, P),
+                          (j[None, :] <= j[:, None])[None].expand(b, S, S)], -1)
+        self.masks = self._masks(kept, q - keys_abs, window, resid.dtype, batched=True)
+
+    def _masks(self, allowed, distance, window, dtype, batched=False) -> dict[str, Tensor]:
+        out = {"full_attention": _additive(allowed, dtype)}
+        if "sliding_attention" in self.kinds:
+            out["sliding_attention"] = _additive(allowed & (distance < window), dtype)
+        return {k: (m[:, None] if batched else m[None, None]) for k, m in out.items()}
+
+    def _rope(self, h: Tensor, pos: Tensor) -> dict:
+        rotary = self.inner.rotary_emb
+        if _rope_takes_layer_type(rotary):
+            return {k: rotary(h, pos, k) for k in set(self.kinds)}
+        return {k: rotary(h, position_ids=pos) for k in set(self.kinds)}
+
+    def _run(self, h: Tensor, pos: Tensor, masks: dict[str, Tensor]) -> Tensor:
+        rope = self._rope(h, pos)
+        for i in range(self.layer + 1, len(self.kinds)):
+            h = _block(self.inner.layers[i], h, masks[self.kinds[i]], rope[self.kinds[i]], pos, self.cache)
+        return self.inner.norm(h)
+
+    def hidden(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"]) -> Float[Tensor, "r S d"]:
+        """Final-normed hidden states of the suffixes of `rows`, with `add` added at each row's start."""
+        self.cache.rows = rows
+        h = self.suffix[rows].index_put((torch.arange(len(rows), device=add.device), torch.zeros_like(rows)),
+                                        add, accumulate=True)
+        return self._run(h, self.pos[rows], {k: m[rows] for k, m in self.masks.items()})
+
+
+# ----------------------------------------------------------------------------- Gemma-3 post-norm
+
+
+def prenorm_target(norm_module: nn.Module, current_prenorm_out: Float[Tensor, "... d"],
+                   desired_postnorm_out: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+    """Map a desired RMSNorm output back to an input of the norm (Gemma-3's post-feed-forward norm).
+
+    RMSNorm is y = x / rms(x) * g. Any c * y/g (c > 0) normalises to y's direction; we keep the current
+    input's rms as c, so the current output maps back to the current input exactly and a desired output
+    comes back with its direction exact and its size rescaled to rms(y/g) = 1 (what the norm can emit).
+    """
+    d = current_prenorm_out.shape[-1]
+    probe = torch.full((d,), 1e3, dtype=current_prenorm_out.dtype, device=current_prenorm_out.device)
+    with torch.no_grad():
+        gain = norm_module(probe)  # rms(probe) = 1e3 (eps is negligible), so this is g
+    if gain.abs().min() < 1e-6:
+        raise TargetError("post-norm gain has a zero component; the target cannot be mapped through the norm")
+    eps = getattr(norm_module, "eps", getattr(norm_module, "variance_epsilon", 1e-6))
+    rms = current_prenorm_out.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+    return desired_postnorm_out / gain * rms
+
+
+# ----------------------------------------------------------------------------- batching prompts
+
+
+@dataclass
+class _Batch:
+    ids: Int[Tensor, "rows t"]
+    record: Int[Tensor, "rows"]  # which record each row belongs to
+    subject: Int[Tensor, "rows"]  # last subject token of each row
+    labels: Int[Tensor, "rows t"]  # teacher-forced target_new tokens, -100 elsewhere
+    kl: Int[Tensor, "rows"]  # position of the KL prediction ("{subject} is a"), -1 for rewrite rows
+    first: Int[Tensor, "n"]  # the unprefixed row of each record (for |h|)
+    length: Int[Tensor, "rows"]  # tokens before the padding
+
+
+def _rows(tok, record: EditRecord, prefixes: list[str]) -> list[tuple[list[int], int, list[int], int]]:
+    rows = []
+    for prefix in prefixes:
+        text = prefix + record.prompt
+        head = prompt_ids(tok, text)
+        ans = answer_ids(tok, text, record.target_new)
+        labels = [-100] * (len(head) - 1) + ans + [-100]
+        subj = subject_span(tok, text, record.subject, start=len(prefix))[1] - 1
+        rows.append((head + ans[:-1], subj, labels[: len(head) + len(ans) - 1], -1))
+    kl_text = f"{record.subject} is a"
+    kl_ids = prompt_ids(tok, kl_text)
+    rows.append((kl_ids, subject_span(tok, kl_text, record.subject)[1] - 1, [-100] * len(kl_ids), len(kl_ids) - 1))
+    return rows
+
+
+def _batch(model: LoadedModel, records: list[EditRecord], prefixes: list[str]) -> _Batch:
+    ids, rec, subj, labels, kl, first = [], [], [], [], [], []
+    for i, r in enumerate(records):
+        first.append(len(ids))
+        for row_ids, s, lab, k in _rows(model.tokenizer, r, prefixes):
+            ids.append(row_ids), rec.append(i), subj.append(s), labels.append(lab), kl.append(k)
+    t = max(len(x) for x in ids)
+    pad = model.tokenizer.pad_token_id
+    dev = model.device
+    return _Batch(
+        ids=torch.tensor([x + [pad] * (t - len(x)) for x in ids], device=dev),
+        record=torch.tensor(rec, device=dev), subject=torch.tensor(subj, device=dev),
+        labels=torch.tensor([x + [-100] * (t - len(x)) for x in labels], device=dev),
+        kl=torch.tensor(kl, device=dev), first=torch.tensor(first, device=dev),
+        length=torch.tensor([len(x) for x in ids], device=dev),
+    )
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def _losses(model: LoadedModel, sf: Suffixes, labels: Tensor, kl_pos: Tensor, record: Tensor, rows: Tensor,
+            delta: Tensor, kl_init: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-record NLL and KL (zero for records without rows in `rows`), and the KL rows' log-probs.
+
+    `labels` / `kl_pos` are in suffix coordinates (position - start of the row)."""
+    rec = record[rows]
+    labels, kl_pos = labels[rows], kl_pos[rows]
+    is_kl = kl_pos >= 0
+    where = labels != -100
+    where[is_kl, kl_pos[is_kl]] = True
+    logp = torch.log_softmax(unembed(model, sf.hidden(rows, delta[rec])[where]).float(), -1)  # [m, vocab], row-major
+    row_of = torch.nonzero(where)[:, 0]
+    tgt = labels[where]
+    is_tgt = tgt != -100
+    tok_nll = -logp[is_tgt].gather(1, tgt[is_tgt, None]).squeeze(1)
+    n_tok = (labels != -100).sum(1).clamp(min=1)
+    n = delta.shape[0]
+    per_row = torch.zeros(len(rows), device=logp.device).index_add(0, row_of[is_tgt], tok_nll) / n_tok
+    n_rewrite = torch.zeros(n, device=logp.device).index_add(0, rec, (~is_kl).float()).clamp(min=1)
+    nll = torch.zeros(n, device=logp.device).index_add(0, rec, per_row * (~is_kl)) / n_rewrite
+    kl_logp = logp[~is_tgt]  # one per KL row, in row order
+    kl = torch.zeros(n, device=logp.device)
+    if kl_init is not None:
+        kl_rec = rec[is_kl]
+        kl_each = F.kl_div(kl_init[kl_rec], kl_logp, log_target=True, reduction="none").sum(-1)  # MEMIT's argument order
+        kl = kl.index_add(0, kl_rec, kl_each)
+    return nll, kl, kl_logp
+
+
+def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
+                    prefixes: list[str]) -> tuple[Float[Tensor, "n d_model"], dict]:
+    """The optimisation itself (no cache): one padded batch for all `records`."""
+    b = _batch(model, records, prefixes)
+    n = len(records)
+    resid = residual_at(model, b.ids, layer).detach()
+    sf = Suffixes(model, resid, b.subject, b.length, layer)
+    labels = torch.where(sf.real, b.labels.gather(1, sf.pos.clamp(max=b.ids.shape[1] - 1)), -100)
+    kl_pos = torch.where(b.kl >= 0, b.kl - b.subject, -1)
+    h0 = resid[b.first, b.subject[b.first]]  # [n, d]
+    h0_norm = h0.norm(dim=-1)
+    max_norm = hp.clamp_norm_factor * h0_norm
+    torch.manual_seed(hp.seed)
+    delta = torch.zeros(n, resid.shape[-1], device=resid.device, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=hp.v_lr)
+    final = torch.zeros_like(delta, requires_grad=False)
+    done = torch.zeros(n, dtype=torch.bool, device=resid.device)
+    losses = torch.full((n,), float("nan"))
+    is_kl_row = b.kl >= 0
+    with torch.no_grad():  # initial KL distribution: delta = 0
+        _, _, kl_init = _losses(model, sf, labels, kl_pos, b.record, torch.nonzero(is_kl_row)[:, 0], delta.detach(), None)
+        kl_init = kl_init[torch.argsort(b.record[is_kl_row])]  # indexed by record
+    for step in range(hp.v_num_grad_steps):
+        active = ~done
+        rows = torch.nonzero(active[b.record])[:, 0]
+        nll, kl, _ = _losses(model, sf, labels, kl_pos, b.record, rows, delta, kl_init)
+        wd = hp.v_weight_decay * delta.norm(dim=-1) / h0_norm**2
+        loss = nll + hp.kl_factor * kl + wd
+        stop = active & ((loss < hp.early_stop_loss) | (step == hp.v_num_grad_steps - 1))
+        with torch.no_grad():
+            final[stop] = delta[stop]
+            losses[stop.cpu()] = loss[stop].detach().cpu()
+        done |= stop
+        if done.all():
+            break
+        (grad,) = torch.autograd.grad(loss[~done].sum(), delta)  # grads for delta only, none for weights
+        delta.grad = grad
+        opt.step()
+        with torch.no_grad():  # project back into the L2 ball
+            norm = delta.norm(dim=-1)
+            scale = torch.where(norm > max_norm, max_norm / norm.clamp(min=1e-12), torch.ones_like(norm))
+            delta.mul_(scale[:, None])
+    return final.detach(), {"loss": losses, "steps": step + 1}
+
+
+# ----------------------------------------------------------------------------- disk cache
+
+
+def _cache_path(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str]):
+    key = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return cache_dir() / "targets" / fingerprint / f"L{layer}-{digest}.pt"
+
+
+def _load(path, d: int) -> Tensor | None:
+    if not path.exists():
+        return None
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # corrupt: recompute
+    if not isinstance(t, Tensor) or t.shape != (d,) or not torch.isfinite(t).all():
+        return None
+    return t
+
+
+def _save(path, t: Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(t.detach().cpu().clone(), tmp)
+    tmp.replace(path)
+
+
+def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
+                  prefixes: list[str] | None = None, use_cache: bool = True,
+                  chunk: int = 16) -> Float[Tensor, "n d_model"]:
+    """delta_i added to blocks.{layer}.hook_resid_post at the last subject token of every prefixed prompt
+    makes the model predict records[i].target_new (MEMIT's z - h); see the module docstring.
+
+    Cached on disk per (model weights fingerprint, record, layer, hp, prefixes); a corrupt file is
+    recomputed. Records not in the cache are optimised `chunk` at a time in one padded batch each.
+    """
+    from .prefixes import context_prefixes
+
+    if not records:
+        raise TargetError("no records")
+    if not 0 <= layer < model.spec.n_layers:
+        raise TargetError(f"layer {layer} out of range for {model.name} ({model.spec.n_layers} layers)")
+    fingerprint = weights_fingerprint(model)  # ~0.6 s on SmolLM2: once per call
+    if prefixes is None:
+        prefixes = context_prefixes(model, fingerprint=fingerprint)
+    if not prefixes:
+        raise TargetError("prefixes is empty; pass [''] for the bare prompt")
+    d = model.spec.d_model
+    paths = [_cache_path(fingerprint, r, layer, hp, prefixes) for r in records]
+    out: list[Tensor | None] = [_load(p, d) if use_cache else None for p in paths]
+    todo = [i for i, t in enumerate(out) if t is None]
+    for start in range(0, len(todo), chunk):
+        idx = todo[start: start + chunk]
+        deltas, _ = optimize_deltas(model, [records[i] for i in idx], layer, hp, prefixes)
+        for i, dlt in zip(idx, deltas):
+            out[i] = dlt.cpu()
+            if use_cache:
+                _save(paths[i], dlt)
+    return torch.stack(out).to(model.device)

@@ -1,0 +1,507 @@
+"""Causal tracing (ROME, Meng et al. 2022): corrupt the subject, restore one clean activation, measure.
+
+A fact is (prompt, subject, answer). The corrupted run adds Gaussian noise of `noise_scale` x the std of
+the token embeddings to the subject tokens' embeddings (N seeded samples). A restoration puts back the
+clean value of one site at one token: the block output (`resid`, = `hook_resid_post`), the attention
+output (`hook_attn_out`) or the MLP output (`hook_mlp_out`); `attn_window` / `mlp_window` restore that
+module at ROME's window of k layers around the layer instead of the layer alone.
+
+For every site we keep P_pt(r) and LD_pt = logit(r) - logit(r'), averaged over noise samples; the
+effects are `prob - p_corrupt` and the normalized LD (LD_pt - LD_*) / (LD_clean - LD_*).
+
+Two implementations compute the same numbers:
+- `trace_fact_loop`: one hooked TransformerBridge forward per site (the obvious reference);
+- `trace_fact`: does less work. A restoration at layer l of token t leaves every layer < l and every
+  position < t exactly as in the corrupted run, so it starts from the cached corrupted residual at
+  layer l, recomputes only positions >= t (attending to the corrupted run's cached keys/values for
+  positions < t), unembeds only the last position, and fills tokens before the subject (where a
+  restoration is a no-op) with the corrupted baseline. Sites sharing a start layer run as one batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .models import LoadedModel
+from .tokens import TokenError, answer_ids, prompt_ids, subject_span
+
+KINDS = ("resid", "attn", "mlp", "attn_window", "mlp_window")
+HOOKS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
+
+
+class TraceError(ValueError):
+    """Bad tracing input: the message names the argument or fact."""
+
+
+@dataclass
+class TraceResult:
+    """One fact's tracing grid. `prob` / `logit_diff` are [kind, layer, token] over `kinds`."""
+
+    prompt: str
+    subject: str
+    answer: str
+    tokens: list[str]
+    subject_span: tuple[int, int]
+    answer_token: int  # the first token of the answer (multi-token answers are traced on it)
+    contrast_token: int  # r' in LD = logit(r) - logit(r')
+    known: bool  # the clean run's greedy next token is the answer token
+    kinds: tuple[str, ...]
+    window: int
+    p_clean: float
+    p_corrupt: float
+    ld_clean: float
+    ld_corrupt: float
+    prob: np.ndarray = field(repr=False)
+    logit_diff: np.ndarray = field(repr=False)
+
+    @property
+    def prob_effect(self) -> np.ndarray:
+        """P_pt(r) - P_*(r) per [kind, layer, token]."""
+        return self.prob - self.p_corrupt
+
+    @property
+    def ld_effect(self) -> np.ndarray:
+        """(LD_pt - LD_*) / (LD_clean - LD_*); NaN where the corruption did not lower LD (no signal)."""
+        gap = self.ld_clean - self.ld_corrupt
+        if gap <= 1e-6:
+            return np.full_like(self.logit_diff, np.nan)
+        return (self.logit_diff - self.ld_corrupt) / gap
+
+    def kind(self, name: str) -> int:
+        return self.kinds.index(name)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _raw(module):
+    """The HF module under a TransformerBridge wrapper (the bridge replaces HF modules in place)."""
+    return getattr(module, "original_component", module)
+
+
+def embedding_std(model: LoadedModel, chunk: int = 16384) -> float:
+    """Std of the embedding layer's outputs over the whole vocabulary (Gemma's scaling included)."""
+    embed = _raw(model.hf_model.get_input_embeddings())
+    n = embed.weight.shape[0]
+    s = ss = 0.0
+    with torch.no_grad():
+        for ids in torch.arange(n, device=model.device).split(chunk):
+            e = embed(ids).double()
+            s, ss = s + e.sum().item(), ss + (e * e).sum().item()
+    count = n * embed.weight.shape[1]
+    return float(np.sqrt(ss / count - (s / count) ** 2))
+
+
+def subject_noise(
+    n_samples: int, n_subject: int, d_model: int, std: float, seed: int
+) -> Float[Tensor, "n subj d"]:
+    """Seeded Gaussian noise, drawn on the CPU so every device gets the same numbers."""
+    if n_samples < 1:
+        raise TraceError(f"n_samples must be >= 1, got {n_samples}")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n_samples, n_subject, d_model, generator=gen) * std
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> range:
+    """ROME's window: `window` layers centred on `layer` ([l - k//2, l + ceil(k/2))), clipped to the model."""
+    if window < 1:
+        raise TraceError(f"window must be >= 1, got {window}")
+    return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
+
+
+def site_layers(kind: str, layer: int, window: int, n_layers: int) -> range:
+    if kind not in KINDS:
+        raise TraceError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
+    return window_layers(layer, window, n_layers) if kind.endswith("_window") else range(layer, layer + 1)
+
+
+@dataclass
+class _Fact:
+    ids: list[int]
+    span: tuple[int, int]
+    answer_token: int
+
+
+def _prepare(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fact:
+    tok = model.tokenizer
+    span = subject_span(tok, prompt, subject)  # raises TokenError naming subject and prompt
+    ids = prompt_ids(tok, prompt)
+    first = answer_ids(tok, prompt, answer)
+    if not first:
+        raise TokenError(f"answer {answer!r} has no tokens after prompt {prompt!r}")
+    return _Fact(ids, span, first[0])
+
+
+# ----------------------------------------------------------------------------- the layer stack, run directly
+
+
+class _PrefixKV:
+    """Duck-typed HF cache: prepends the corrupted run's keys/values for positions < t, or records them."""
+
+    def __init__(self, prefix: dict[int, tuple[Tensor, Tensor]] | None = None):
+        self.prefix = prefix
+        self.recorded: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if self.prefix is None:
+            self.recorded[layer_idx] = (k, v)
+            return k, v
+        pk, pv = self.prefix[layer_idx]
+        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+
+
+@dataclass
+class _Patch:
+    """At each listed layer, for masked rows, replace a module's output at that row's position.
+
+    Each entry is layer -> (rows mask [R], position [R] (index into the computed positions), value [R, d]).
+    """
+
+    attn: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+    mlp: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+    resid: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+
+
+def _apply(out: Float[Tensor, "r p d"], patch: tuple[Tensor, Tensor, Tensor] | None) -> Float[Tensor, "r p d"]:
+    if patch is None:
+        return out
+    rows, pos, value = patch
+    idx = torch.arange(out.shape[0], device=out.device)
+    out = out.clone()
+    out[idx, pos] = torch.where(rows[:, None], value, out[idx, pos])
+    return out
+
+
+class Stack:
+    """The model's decoder layers called one by one, with the HF modules underneath the bridge."""
+
+    def __init__(self, model: LoadedModel):
+        hf = model.hf_model
+        inner = hf.model if hasattr(hf, "model") else hf
+        self.model = model
+        self.layers = [_raw(b) for b in inner.layers]
+        self.norm = _raw(inner.norm)
+        self.lm_head = _raw(hf.lm_head)
+        self.rotary = _raw(inner.rotary_emb)
+        self.embed = _raw(inner.embed_tokens)
+        cfg = hf.config
+        self.softcap = getattr(cfg, "final_logit_softcapping", None)
+        self.layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * len(self.layers))
+        self.sliding_window = getattr(cfg, "sliding_window", None)
+        self.typed_rope = "layer_type" in inspect.signature(self.rotary.forward).parameters
+        self.post_norm = model.spec.post_norm
+
+    def rope(self, x: Tensor, positions: Int[Tensor, "p"]) -> dict[str, tuple[Tensor, Tensor]]:
+        pos = positions[None]
+        if self.typed_rope:
+            return {t: self.rotary(x, pos, t) for t in set(self.layer_types)}
+        cos_sin = self.rotary(x, pos)
+        return {t: cos_sin for t in set(self.layer_types)}
+
+    def masks(self, start: int, total: int, dtype: torch.dtype) -> dict[str, Float[Tensor, "1 1 q k"]]:
+        """Additive masks for queries at positions start..total-1 over keys 0..total-1."""
+        q = torch.arange(start, total, device=self.model.device)[:, None]
+        k = torch.arange(total, device=self.model.device)[None]
+        lowest = torch.finfo(dtype).min
+        out = {}
+        for t in set(self.layer_types):
+            allowed = k <= q
+            if t == "sliding_attention" and self.sliding_window:
+                allowed &= (q - k) < self.sliding_window
+            out[t] = torch.zeros(allowed.shape, dtype=dtype, device=q.device).masked_fill(~allowed, lowest)[None, None]
+        return out
+
+    def block(self, j: int, x, rope, mask, cache, patch: _Patch):
+        """One decoder layer; returns (block output, attn out, mlp out) with the patches applied."""
+        layer = self.layers[j]
+        kind = self.layer_types[j]
+        a = _raw(layer.self_attn)(
+            _raw(layer.input_layernorm)(x), position_embeddings=rope[kind], attention_mask=mask[kind], cache=cache
+        )[0]
+        if self.post_norm:
+            a = _raw(layer.post_attention_layernorm)(a)
+        a = _apply(a, patch.attn.get(j))
+        mid = x + a
+        pre_mlp = layer.pre_feedforward_layernorm if self.post_norm else layer.post_attention_layernorm
+        m = _raw(layer.mlp)(_raw(pre_mlp)(mid))
+        if self.post_norm:
+            m = _raw(layer.post_feedforward_layernorm)(m)
+        m = _apply(m, patch.mlp.get(j))
+        return _apply(mid + m, patch.resid.get(j)), a, m
+
+    def unembed(self, h: Float[Tensor, "r d"]) -> Float[Tensor, "r vocab"]:
+        logits = self.lm_head(self.norm(h))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def run(self, x: Float[Tensor, "r p d"], start_layer: int, start_pos: int,
+            prefix: dict[int, tuple[Tensor, Tensor]] | None, patch: _Patch, record: bool = False):
+        """Layers start_layer.. on positions start_pos.. (x holds those positions); last-position logits.
+
+        With record=True (full runs only) also returns per-layer inputs, attn/mlp outputs and keys/values.
+        """
+        total = start_pos + x.shape[1]
+        positions = torch.arange(start_pos, total, device=x.device)
+        rope, mask = self.rope(x, positions), self.masks(start_pos, total, x.dtype)
+        cache = _PrefixKV(prefix)
+        resid, attn, mlp = [], [], []
+        for j in range(start_layer, len(self.layers)):
+            if record:
+                resid.append(x)
+            x, a, m = self.block(j, x, rope, mask, cache, patch)
+            if record:
+                attn.append(a), mlp.append(m)
+        logits = self.unembed(x[:, -1])
+        if not record:
+            return logits
+        resid.append(x)
+        return logits, torch.stack(resid, 1), torch.stack(attn, 1), torch.stack(mlp, 1), cache.recorded
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+def _scores(logits: Float[Tensor, "s n vocab"], r: int, r2: int) -> tuple[Tensor, Tensor]:
+    """Mean over noise samples of P(r) and of logit(r) - logit(r')."""
+    logits = logits.float()
+    prob = torch.softmax(logits, -1)[..., r].mean(-1)
+    ld = (logits[..., r] - logits[..., r2]).mean(-1)
+    return prob, ld
+
+
+def _contrast(corrupt_logits: Float[Tensor, "n vocab"], r: int, contrast: int | str | None, model) -> int:
+    """r': an explicit token/string (its first token), else the corrupted run's most probable token != r."""
+    if contrast is None:
+        probs = torch.softmax(corrupt_logits.float(), -1).mean(0)
+        probs[r] = -1
+        return int(probs.argmax())
+    if isinstance(contrast, str):
+        ids = model.tokenizer(" " + contrast.strip(), add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise TraceError(f"contrast {contrast!r} has no tokens")
+        contrast = ids[0]
+    if contrast == r:
+        raise TraceError(f"contrast token {contrast} is the answer token itself")
+    return int(contrast)
+
+
+def _check(n_samples: int, window: int, kinds) -> tuple[str, ...]:
+    if n_samples < 1:
+        raise TraceError(f"n_samples must be >= 1, got {n_samples}")
+    if window < 1:
+        raise TraceError(f"window must be >= 1, got {window}")
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise TraceError(f"kinds must be a non-empty subset of {KINDS}, got {tuple(kinds)}")
+    return tuple(kinds)
+
+
+def _result(model, prompt, subject, answer, fact: _Fact, r2, kinds, window, clean_logits, corrupt_logits, prob, ld):
+    p_clean, ld_clean = _scores(clean_logits[None], fact.answer_token, r2)
+    p_corrupt, ld_corrupt = _scores(corrupt_logits[None], fact.answer_token, r2)
+    tok = model.tokenizer
+    return TraceResult(
+        prompt=prompt, subject=subject, answer=answer,
+        tokens=[tok.decode([i]) for i in fact.ids], subject_span=fact.span,
+        answer_token=fact.answer_token, contrast_token=r2,
+        known=int(clean_logits[0].argmax()) == fact.answer_token, kinds=kinds, window=window,
+        p_clean=float(p_clean), p_corrupt=float(p_corrupt), ld_clean=float(ld_clean), ld_corrupt=float(ld_corrupt),
+        prob=prob.cpu().numpy(), logit_diff=ld.cpu().numpy(),
+    )
+
+
+# ----------------------------------------------------------------------------- fast, exact
+
+
+@torch.no_grad()
+def trace_fact(
+    model: LoadedModel, prompt: str, subject: str, answer: str, *, n_samples: int = 10, noise_scale: float = 3.0,
+    embed_std: float | None = None, window: int = 10, kinds=KINDS, seed: int = 0, contrast: int | str | None = None,
+    max_rows: int = 1024,
+) -> TraceResult:
+    """The full restoration grid for one fact (see module docstring). `answer`'s first token is traced.
+
+    `embed_std` (the embedding std; noise std = noise_scale x it) is computed when not given; pass it when tracing many facts.
+    `max_rows` bounds a batch (rows x positions): more tokens per batch means fewer passes over the weights.
+    """
+    kinds = _check(n_samples, window, kinds)
+    fact = _prepare(model, prompt, subject, answer)
+    stack, dev = Stack(model), model.device
+    n_layers, n_tok, r = len(stack.layers), len(fact.ids), fact.answer_token
+    std = noise_scale * (embedding_std(model) if embed_std is None else embed_std)
+    s0, s1 = fact.span
+
+    emb = stack.embed(torch.tensor([fact.ids], device=dev))
+    clean_logits, clean_resid, clean_attn, clean_mlp, _ = stack.run(emb, 0, 0, None, _Patch(), record=True)
+    noise = subject_noise(n_samples, s1 - s0, emb.shape[-1], std, seed).to(dev, emb.dtype)
+    noisy = emb.repeat(n_samples, 1, 1)
+    noisy[:, s0:s1] += noise
+    corrupt_logits, corrupt_resid, _, _, kv = stack.run(noisy, 0, 0, None, _Patch(), record=True)
+    r2 = _contrast(corrupt_logits, r, contrast, model)
+    p_star, ld_star = _scores(corrupt_logits[None], r, r2)
+    clean = {"resid": clean_resid[0, 1:], "attn": clean_attn[0], "mlp": clean_mlp[0]}  # [layer, tok, d]
+
+    prob = torch.empty(len(kinds), n_layers, n_tok, device=dev)
+    ld = torch.empty_like(prob)
+    prob[:, :, :s0], ld[:, :, :s0] = p_star, ld_star  # restoring a token the noise never touched is a no-op
+    sites = [(k, layer, site_layers(kinds[k], layer, window, n_layers)) for k in range(len(kinds)) for layer in range(n_layers)]
+    by_start: dict[int, list] = {}
+    for site in sites:
+        by_start.setdefault(site[2].start, []).append(site)
+    for start, group in by_start.items():
+        for ts in _token_chunks(range(s0, n_tok), len(group) * n_samples, max_rows):
+            logits = _run_group(stack, group, kinds, ts, start, clean, corrupt_resid, kv, n_samples)
+            p, d = _scores(logits.view(len(ts), len(group), n_samples, -1), r, r2)
+            for i, (k, layer, _) in enumerate(group):
+                prob[k, layer, ts], ld[k, layer, ts] = p[:, i], d[:, i]
+    return _result(model, prompt, subject, answer, fact, r2, kinds, window, clean_logits, corrupt_logits, prob, ld)
+
+
+def _token_chunks(tokens: range, rows_per_token: int, max_rows: int) -> list[list[int]]:
+    """Consecutive tokens batched together while (rows x computed positions) stays under max_rows."""
+    chunks: list[list[int]] = []
+    for t in tokens:
+        if chunks and (len(chunks[-1]) + 1) * rows_per_token * (tokens.stop - chunks[-1][0]) <= max_rows:
+            chunks[-1].append(t)
+        else:
+            chunks.append([t])
+    return chunks
+
+
+def _run_group(stack: Stack, group, kinds, ts: list[int], start: int, clean, corrupt_resid, kv, n: int):
+    """Sites starting at layer `start`, restoring tokens `ts`, as one batch with rows ordered (token, site, sample).
+
+    Every row computes positions ts[0].. (keys/values before that come from the corrupted run); a row
+    restoring token t > ts[0] also recomputes positions ts[0]..t-1, which stay equal to the corrupted run's.
+    """
+    t0, n_blocks, dev = ts[0], len(ts) * len(group), corrupt_resid.device
+    pos = (torch.tensor(ts, device=dev) - t0).repeat_interleave(len(group) * n)
+    patch = _Patch()
+    for j in range(start, len(stack.layers)):
+        for module in ("resid", "attn", "mlp"):
+            hit = torch.tensor([kinds[k].split("_")[0] == module and j in layers for k, _, layers in group], device=dev)
+            if hit.any():
+                values = clean[module][j, ts].repeat_interleave(len(group) * n, 0)
+                getattr(patch, module)[j] = (hit.repeat(len(ts)).repeat_interleave(n), pos, values)
+    x = corrupt_resid[:, start, t0:].repeat(n_blocks, 1, 1)
+    prefix = {j: (k[:, :, :t0].repeat(n_blocks, 1, 1, 1), v[:, :, :t0].repeat(n_blocks, 1, 1, 1))
+              for j, (k, v) in kv.items() if j >= start}
+    return stack.run(x, start, t0, prefix, patch)
+
+
+# ----------------------------------------------------------------------------- reference: one forward per site
+
+
+@torch.no_grad()
+def trace_fact_loop(
+    model: LoadedModel, prompt: str, subject: str, answer: str, *, n_samples: int = 10, noise_scale: float = 3.0,
+    embed_std: float | None = None, window: int = 10, kinds=KINDS, seed: int = 0, contrast: int | str | None = None,
+    sites: list[tuple[str, int, int]] | None = None,
+) -> TraceResult:
+    """Same numbers as `trace_fact`, by one hooked bridge forward per (kind, layer, token).
+
+    `sites` limits the loop to those (kind, layer, token) triples (the rest is NaN), for timing samples.
+    """
+    kinds = _check(n_samples, window, kinds)
+    fact = _prepare(model, prompt, subject, answer)
+    bridge, dev = model.bridge, model.device
+    n_layers, n_tok, r = model.spec.n_layers, len(fact.ids), fact.answer_token
+    std = noise_scale * (embedding_std(model) if embed_std is None else embed_std)
+    s0, s1 = fact.span
+    ids = torch.tensor([fact.ids], device=dev)
+
+    names = [f"blocks.{j}.{h}" for j in range(n_layers) for h in HOOKS.values()]
+    clean_logits, cache = bridge.run_with_cache(ids, names_filter=lambda name: name in names)
+    clean_logits = clean_logits[:, -1]
+    noise = subject_noise(n_samples, s1 - s0, model.spec.d_model, std, seed).to(dev)
+
+    def add_noise(act, hook):
+        act = act.clone()
+        act[:, s0:s1] += noise.to(act.dtype)
+        return act
+
+    def restore(value, t):
+        def hook(act, hook):
+            act = act.clone()
+            act[:, t] = value
+            return act
+        return hook
+
+    batch = ids.repeat(n_samples, 1)
+    corrupt_logits = bridge.run_with_hooks(batch, fwd_hooks=[("hook_embed", add_noise)])[:, -1]
+    r2 = _contrast(corrupt_logits, r, contrast, model)
+    prob = torch.full((len(kinds), n_layers, n_tok), float("nan"), device=dev)
+    ld = torch.full_like(prob, float("nan"))
+    wanted = None if sites is None else set(sites)
+    for k, kind in enumerate(kinds):
+        hook_name = HOOKS[kind.split("_")[0]]
+        for layer in range(n_layers):
+            for t in range(n_tok):
+                if wanted is not None and (kind, layer, t) not in wanted:
+                    continue
+                hooks = [("hook_embed", add_noise)] + [
+                    (f"blocks.{j}.{hook_name}", restore(cache[f"blocks.{j}.{hook_name}"][0, t], t))
+                    for j in site_layers(kind, layer, window, n_layers)
+                ]
+                logits = bridge.run_with_hooks(batch, fwd_hooks=hooks)[:, -1]
+                prob[k, layer, t], ld[k, layer, t] = (x[0] for x in _scores(logits[None], r, r2))
+    return _result(model, prompt, subject, answer, fact, r2, kinds, window, clean_logits, corrupt_logits, prob, ld)
+
+
+# ----------------------------------------------------------------------------- many facts
+
+
+@torch.no_grad()
+def greedy_token(model: LoadedModel, prompt: str) -> int:
+    ids = torch.tensor([prompt_ids(model.tokenizer, prompt)], device=model.device)
+    return int(model.bridge(ids)[0, -1].argmax())
+
+
+@dataclass
+class DatasetTrace:
+    """Traced facts plus what was left out and why (nothing is dropped silently)."""
+
+    results: list[TraceResult]
+    seen: int
+    skipped: list[tuple[str, str]]  # (fact id, reason)
+
+
+def trace_dataset(
+    model: LoadedModel, facts, n_facts: int | None = None, *, known_only: bool = True, progress: bool = True, **kwargs
+) -> DatasetTrace:
+    """Trace `facts` (KnownFact-like: id, prompt, subject, attribute) until `n_facts` are traced.
+
+    With known_only, a fact is traced only if the model's greedy next token is the attribute's first token.
+    kwargs go to `trace_fact`.
+    """
+    from tqdm.auto import tqdm
+
+    if n_facts is not None and n_facts < 1:
+        raise TraceError(f"n_facts must be >= 1, got {n_facts}")
+    kwargs.setdefault("embed_std", embedding_std(model))
+    results, skipped, seen = [], [], 0
+    bar = tqdm(total=n_facts or len(facts), disable=not progress, desc="tracing", unit="fact")
+    for fact in facts:
+        if n_facts is not None and len(results) >= n_facts:
+            break
+        seen += 1
+        try:
+            r = answer_ids(model.tokenizer, fact.prompt, fact.attribute)[0]
+            subject_span(model.tokenizer, fact.prompt, fact.subject)
+        except TokenError as err:
+            skipped.append((fact.id, f"token error: {err}"))
+            continue
+        if known_only and (g := greedy_token(model, fact.prompt)) != r:
+            skipped.append((fact.id, f"not known: greedy {model.tokenizer.decode([g])!r} != {fact.attribute!r}"))
+            continue
+        results.append(trace_fact(model, fact.prompt, fact.subject, fact.attribute, **kwargs))
+        bar.update(1)
+    bar.close()
+    return DatasetTrace(results, seen, skipped)

@@ -1,0 +1,94 @@
+"""Key second moments: the math, one pass for all layers, and the disk cache (hits, corruption, mismatch)."""
+
+import pytest
+import torch
+
+from intattn_tl import covariance
+from intattn_tl.covariance import CHUNK, CovarianceError, second_moment, second_moments, token_chunks
+
+TEXT = ("The quick brown fox jumps over the lazy dog. " * 40 + "Pack my box with five dozen liquor jugs. " * 40)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT)
+    return corpus
+
+
+def _manual(model, corpus, site, n_tokens):
+    chunks = token_chunks(model.tokenizer, [corpus.read_text()], n_tokens)
+    ks = []
+    for row in chunks:
+        got = {}
+        model.bridge.run_with_hooks(row[None], fwd_hooks=[(site, lambda x, hook: got.update(x=x.detach()))])
+        ks.append(got["x"][0].flatten(1) if got["x"].ndim == 4 else got["x"][0])
+    K = torch.cat(ks).double()
+    return K.T @ K / len(K)
+
+
+def test_second_moment_is_mean_outer_product(tiny_llama, cache):
+    n = 2 * CHUNK
+    C = second_moment(tiny_llama, "w_out", 1, n_tokens=n, corpus=cache)
+    assert C.dtype == torch.float64 and C.shape == (tiny_llama.spec.d_mlp,) * 2
+    assert torch.allclose(C, _manual(tiny_llama, cache, "blocks.1.mlp.hook_post", n), rtol=1e-4, atol=1e-7)
+    Cz = second_moment(tiny_llama, "w_o", 2, n_tokens=n, corpus=cache)
+    assert torch.allclose(Cz, _manual(tiny_llama, cache, "blocks.2.attn.hook_z", n), rtol=1e-4, atol=1e-7)
+    assert torch.allclose(C, C.T) and torch.linalg.eigvalsh(C).min() > -1e-8
+
+
+def test_all_layers_in_one_pass_then_per_file_cache(tiny_llama, cache, monkeypatch):
+    calls = []
+    real = tiny_llama.bridge.run_with_hooks
+    monkeypatch.setattr(tiny_llama.bridge, "run_with_hooks", lambda *a, **k: calls.append(1) or real(*a, **k))
+    sites = [("w_out", 0), ("w_out", 3), ("w_o", 1)]
+    out = second_moments(tiny_llama, sites, n_tokens=covariance.BATCH * CHUNK, corpus=cache)
+    assert len(calls) == 1  # one batch of chunks, every site hooked in the same forward
+    files = list((cache.parent / "cache" / "second_moments").rglob("*.pt"))
+    assert len(files) == 3
+    calls.clear()
+    again = second_moments(tiny_llama, [("w_o", 1)], n_tokens=covariance.BATCH * CHUNK, corpus=cache)
+    assert calls == [] and torch.equal(again[("w_o", 1)], out[("w_o", 1)])
+
+
+def test_corrupt_or_mismatched_cache_is_rebuilt(tiny_llama, cache, capsys):
+    C = second_moment(tiny_llama, "w_out", 2, n_tokens=CHUNK, corpus=cache)
+    (path,) = list((cache.parent / "cache" / "second_moments").rglob("*w_out-2.pt"))
+    path.write_bytes(b"not a torch file")
+    assert torch.equal(second_moment(tiny_llama, "w_out", 2, n_tokens=CHUNK, corpus=cache), C)
+    assert "unreadable" in capsys.readouterr().err
+    blob = torch.load(path, weights_only=True)
+    blob["mom2"] = blob["mom2"] * 2
+    blob["meta"]["layer"] = 3  # a file for another layer under this name: refused, rebuilt
+    torch.save(blob, path)
+    assert torch.equal(second_moment(tiny_llama, "w_out", 2, n_tokens=CHUNK, corpus=cache), C)
+    assert "does not match" in capsys.readouterr().err
+
+
+def test_cache_key_covers_corpus_and_count(tiny_llama, cache, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT[::-1])
+    a = second_moment(tiny_llama, "w_out", 0, n_tokens=CHUNK, corpus=cache)
+    b = second_moment(tiny_llama, "w_out", 0, n_tokens=CHUNK, corpus=other)
+    c = second_moment(tiny_llama, "w_out", 0, n_tokens=2 * CHUNK, corpus=cache)
+    assert not torch.allclose(a, b) and not torch.allclose(a, c)
+
+
+def test_datasets_corpus(tiny_gemma, cache):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"text": [TEXT[:2000], "", TEXT[2000:]]})
+    C = second_moment(tiny_gemma, "w_o", 1, n_tokens=CHUNK, corpus=ds)
+    assert C.shape == (tiny_gemma.spec.n_heads * tiny_gemma.spec.d_head,) * 2 and torch.isfinite(C).all()
+
+
+def test_bad_arguments(tiny_llama, cache):
+    with pytest.raises(CovarianceError, match="n_tokens"):
+        second_moment(tiny_llama, "w_out", 0, n_tokens=10, corpus=cache)
+    with pytest.raises(CovarianceError, match="bad site"):
+        second_moment(tiny_llama, "w_out", 99, n_tokens=CHUNK, corpus=cache)
+    with pytest.raises(CovarianceError, match="not found"):
+        second_moment(tiny_llama, "w_out", 0, n_tokens=CHUNK, corpus=cache.parent / "missing.txt")
+    with pytest.raises(CovarianceError, match="corpus must be"):
+        second_moment(tiny_llama, "w_out", 0, n_tokens=CHUNK, corpus=123)

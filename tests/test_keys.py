@@ -1,0 +1,63 @@
+"""Keys at the subject: what W_out / W_O read, averaged over context prefixes."""
+
+import pytest
+import torch
+
+from intattn_tl.data import EditRecord
+from intattn_tl.keys import attn_keys, mlp_keys, resid_post, subject_activations
+from intattn_tl.tokens import subject_span
+
+REC = [EditRecord(id="t/0", prompt="The capital of Spain is", subject="Spain", target_new="Rome", ground_truth=("Madrid",)),
+       EditRecord(id="t/1", prompt="Ada Lovelace was born in", subject="Ada Lovelace", target_new="Paris", ground_truth=("London",))]
+
+
+def _act(model, text, site):
+    got = {}
+    ids = model.tokenizer(text, return_tensors="pt")["input_ids"]
+    model.bridge.run_with_hooks(ids, fwd_hooks=[(site, lambda x, hook: got.update(x=x.detach()))])
+    return got["x"][0]
+
+
+def test_mlp_key_is_hook_post_at_last_subject_token_mean_over_prefixes(tiny_llama):
+    prefixes = ["", "Spain is far. "]  # the second prefix mentions the subject: the prompt's one counts
+    K = mlp_keys(tiny_llama, REC, 1, prefixes)
+    assert K.shape == (2, tiny_llama.spec.d_mlp)
+    want = []
+    for p in prefixes:
+        text = p + REC[0].prompt
+        _, end = subject_span(tiny_llama.tokenizer, text, "Spain", start=len(p))
+        want.append(_act(tiny_llama, text, "blocks.1.mlp.hook_post")[end - 1])
+    assert torch.allclose(K[0], torch.stack(want).mean(0), atol=1e-5)
+    assert not torch.allclose(want[0], want[1], atol=1e-3)  # the prefix matters: the mean is not trivial
+
+
+def test_attn_key_is_what_w_o_reads(tiny_llama):
+    K = attn_keys(tiny_llama, REC, 2, [""])
+    s = tiny_llama.spec
+    assert K.shape == (2, s.n_heads * s.d_head)
+    _, end = subject_span(tiny_llama.tokenizer, REC[1].prompt, REC[1].subject)
+    attn_out = _act(tiny_llama, REC[1].prompt, "blocks.2.hook_attn_out")[end - 1]
+    assert torch.allclose(K[1] @ s.w_o[2].T, attn_out, atol=1e-4)
+
+
+def test_all_subject_tokens_is_the_span_mean(tiny_llama):
+    K = attn_keys(tiny_llama, REC, 0, [""], subject_tokens="all")
+    a, b = subject_span(tiny_llama.tokenizer, REC[1].prompt, REC[1].subject)
+    z = _act(tiny_llama, REC[1].prompt, "blocks.0.attn.hook_z").flatten(-2)
+    assert b - a > 1
+    assert torch.allclose(K[1], z[a:b].mean(0), atol=1e-5)
+    assert not torch.allclose(K[1], z[b - 1], atol=1e-3)
+
+
+def test_batching_does_not_change_keys(tiny_gemma):
+    both = subject_activations(tiny_gemma, REC, ["blocks.1.mlp.hook_post", "blocks.2.hook_resid_post"], [""])
+    alone = mlp_keys(tiny_gemma, REC[1:], 1, [""])
+    assert torch.allclose(both["blocks.1.mlp.hook_post"][1], alone[0], atol=1e-5)
+    assert torch.allclose(both["blocks.2.hook_resid_post"], resid_post(tiny_gemma, REC, 2, [""]), atol=1e-5)
+
+
+def test_bad_arguments(tiny_llama):
+    with pytest.raises(ValueError, match="subject_tokens"):
+        attn_keys(tiny_llama, REC, 0, [""], subject_tokens="first")
+    with pytest.raises(ValueError, match="prefixes"):
+        mlp_keys(tiny_llama, REC, 0, [])

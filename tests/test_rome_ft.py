@@ -1,0 +1,151 @@
+"""ROME / R-ROME rank-one math, FT-L's constraint and fast path, exact rollback; one real SmolLM2 edit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intattn_tl.data import EditRecord
+from intattn_tl.editing import EditError, EditState, WeightTransaction, edit
+from intattn_tl.keys import mlp_keys
+from intattn_tl.methods.ft import FTHparams, _below, _inputs, mlp_change
+from intattn_tl.methods.memit import target_hparams
+from intattn_tl.methods.r_rome import RROMEHparams
+from intattn_tl.methods.rome import ROMEHparams, rank_one, rome_update, value_target
+from intattn_tl.targets import logits_from, target_deltas
+
+FACT = EditRecord(id="made-up", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
+                  ground_truth=("Zorb",))
+PREFIXES = ["", "Hi there. "]
+TINY = dict(layers=[1], mom2_n_samples=256, v_num_grad_steps=5)
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {n.replace("._original_component", "").replace("_original_component.", ""): p.detach().clone()
+            for n, p in model.hf_model.named_parameters()}
+
+
+def test_rank_one_maps_key_to_value_and_spares_c_orthogonal_keys():
+    g = torch.Generator().manual_seed(0)
+    W, k, v = torch.randn(6, 9, generator=g), torch.randn(9, generator=g), torch.randn(6, generator=g)
+    A = torch.randn(9, 9, generator=g)
+    C = A @ A.T + 0.1 * torch.eye(9)
+    D = rank_one(W, k, v, C)
+    torch.testing.assert_close((W.double() + D) @ k.double(), v.double())
+    x = torch.randn(9, generator=g).double()
+    u = torch.linalg.solve(C.double(), k.double())
+    x = x - (u @ x) / (u @ u) * u  # u^T x = 0: a key the update must leave alone
+    torch.testing.assert_close(D @ x, torch.zeros(6, dtype=torch.float64), atol=1e-10, rtol=0)
+    with pytest.raises(EditError, match="degenerate"):
+        rank_one(W, torch.zeros(9), v, C)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("consistent", [False, True])
+def test_rome_update_hits_value(request, name, consistent):
+    model = request.getfixturevalue(name)
+    hp = (RROMEHparams if consistent else ROMEHparams)(**TINY)
+    state = EditState(data={"prefixes": PREFIXES})
+    layer, D, _ = rome_update(model, FACT, hp, state, consistent=consistent)
+    delta = target_deltas(model, [FACT], layer, target_hparams(hp), prefixes=PREFIXES)[0]  # disk-cache hit
+    k_bare = mlp_keys(model, [FACT], layer, [""])[0]
+    k = k_bare if consistent else mlp_keys(model, [FACT], layer, PREFIXES)[0]
+    v = value_target(model, layer, k_bare, delta)
+    W = model.spec.w_out[layer].double()
+    torch.testing.assert_close((W + D) @ k.double(), v.double(), atol=1e-4, rtol=1e-4)
+    if model.spec.post_norm and consistent:  # the block's output moves in the direction of norm(W k) + delta
+        norm = model.spec.post_mlp_norms[layer]
+        with torch.no_grad():
+            got = norm(((W + D) @ k_bare.double()).float())
+            want = norm(W.float() @ k_bare) + delta
+        gain = norm(torch.full_like(want, 1e3))
+        assert torch.nn.functional.cosine_similarity(got / gain, want / gain, dim=0) > 1 - 1e-5
+
+
+def test_rome_edit_rolls_back_bit_exactly(tiny_llama):
+    before = _params(tiny_llama)
+    result = edit(tiny_llama, [FACT], "rome", ROMEHparams(**TINY), EditState(data={"prefixes": PREFIXES}))
+    assert set(result.deltas) == {"w_out.1"}
+    assert not torch.equal(tiny_llama.spec.w_out[1], before["model.layers.1.mlp.down_proj.weight"])
+    result.rollback()
+    after = _params(tiny_llama)
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_rome_refuses_bad_layers(tiny_llama):
+    with pytest.raises(EditError, match="exactly one layer"):
+        edit(tiny_llama, [FACT], "rome", ROMEHparams(layers=[0, 1]))
+    with pytest.raises(EditError, match="invalid"):
+        edit(tiny_llama, [FACT], "r-rome", RROMEHparams(layers=[7]))
+    with pytest.raises(EditError, match="exactly one layer"):
+        edit(tiny_llama, [FACT], "ft", FTHparams(layers=[1, 2]))
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_ft_fast_path_equals_edited_model(request, name):
+    model = request.getfixturevalue(name)
+    ids, _ = _inputs(model, FACT)
+    k, h = _below(model, ids, 1)
+    dW = 0.05 * torch.randn(model.spec.w_out[1].shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fast = logits_from(model, h + mlp_change(model, 1, k, dW), 1)
+    tx = WeightTransaction(model)
+    tx.update("w_out", 1, dW)
+    try:
+        with torch.no_grad():
+            slow = model.bridge(ids)
+    finally:
+        tx.rollback()
+    assert (slow - model.bridge(ids)).abs().max() > 1e-3
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_ft_changes_one_layer_within_constraint(tiny_llama):
+    before = _params(tiny_llama)
+    hp = FTHparams(layers=[2], lr=1e-2, num_steps=10, norm_constraint=2e-3)
+    result = edit(tiny_llama, [FACT], "ft", hp)
+    try:
+        after = _params(tiny_llama)
+        changed = {n for n in before if not torch.equal(before[n], after[n])}
+        assert changed == {"model.layers.2.mlp.down_proj.weight"}
+        dW = after["model.layers.2.mlp.down_proj.weight"] - before["model.layers.2.mlp.down_proj.weight"]
+        assert dW.abs().max() <= 2e-3 * (1 + 1e-5)
+        assert dW.abs().max() > 1e-3  # it did move
+        assert result.stats["loss_last"] < result.stats["loss_first"]
+    finally:
+        result.rollback()
+    assert all(torch.equal(before[n], p) for n, p in _params(tiny_llama).items())
+
+
+# ----------------------------------------------------------------------------- real model
+
+
+def _teacher_forced(model, record) -> tuple[float, list[int], list[int]]:
+    """(mean probability of target_new's tokens, argmax tokens, target tokens) after the bare prompt."""
+    from intattn_tl.tokens import answer_ids, prompt_ids
+
+    tok = model.tokenizer
+    head, ans = prompt_ids(tok, record.prompt), answer_ids(tok, record.prompt, record.target_new)
+    with torch.no_grad():
+        logits = model.bridge(torch.tensor([head + ans[:-1]]))[0, len(head) - 1:]
+    probs = torch.softmax(logits.float(), -1)[torch.arange(len(ans)), ans]
+    return float(probs.mean()), logits.argmax(-1).tolist(), ans
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("method", ["rome", "r-rome"])
+def test_real_rome_edit_succeeds_and_rolls_back(smollm, wiki_records, method):
+    from intattn_tl.hparams import load_hparams
+
+    record = wiki_records[0]
+    before = _params(smollm)
+    p0, _, _ = _teacher_forced(smollm, record)
+    hp = load_hparams(method, "smollm2-135m", {"mom2_n_samples": 20_000})
+    result = edit(smollm, [record], method, hp)
+    try:
+        p1, argmax, ans = _teacher_forced(smollm, record)
+        assert argmax == ans and p1 > 0.5 > p0
+    finally:
+        result.rollback()
+    after = _params(smollm)
+    assert all(torch.equal(before[n], after[n]) for n in before)

@@ -1,0 +1,138 @@
+"""Target values: partial forward == full forward, optimisation reaches the target, disk cache, post-norm map."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intattn_tl.data import EditRecord
+from intattn_tl.targets import (
+    TargetError, TargetHparams, _cache_path, logits_from, optimize_deltas, prenorm_target, residual_at,
+    target_deltas,
+)
+from intattn_tl.tokens import answer_ids, prompt_ids
+
+FACT = EditRecord(id="made-up", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
+                  ground_truth=("Zorb",))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTATTN_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+@pytest.mark.parametrize("layer", [0, 2])
+@pytest.mark.parametrize("t", [12, 80])  # 80 > tiny Gemma's sliding window of 64
+def test_partial_forward_equals_bridge_with_hook(request, name, layer, t):
+    model = request.getfixturevalue(name)
+    g = torch.Generator().manual_seed(layer + t)
+    ids = torch.randint(0, 250, (3, t), generator=g)
+    delta = torch.randn(3, model.spec.d_model, generator=g)
+    pos = torch.tensor([1, t // 2, t - 1])
+
+    def add(x, hook):
+        x = x.clone()
+        x[torch.arange(3), pos] += delta
+        return x
+
+    with torch.no_grad():
+        full = model.bridge.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", add)])
+        resid = residual_at(model, ids, layer).clone()
+        resid[torch.arange(3), pos] += delta
+        part = logits_from(model, resid, layer)
+        plain = model.bridge(ids)
+    assert (full - plain).abs().max() > 1e-3  # the delta matters, so equality below is a real check
+    torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+
+
+def _target_nll(model, record, layer, delta) -> list[float]:
+    """Per-token NLL of target_new after the bare prompt with `delta` added at the last subject token."""
+    tok = model.tokenizer
+    head, ans = prompt_ids(tok, record.prompt), answer_ids(tok, record.prompt, record.target_new)
+    s = len(prompt_ids(tok, record.prompt[: record.prompt.index(record.subject) + len(record.subject)])) - 1
+    with torch.no_grad():
+        resid = residual_at(model, torch.tensor([head + ans[:-1]]), layer).clone()
+        resid[0, s] += delta
+        logp = torch.log_softmax(logits_from(model, resid, layer)[0, len(head) - 1:], -1)
+    return [-float(logp[i, a]) for i, a in enumerate(ans)]
+
+
+def test_optimisation_lowers_target_loss_tiny(tiny_llama):
+    # A random byte-level model: the first target token (" ") is read at the subject position itself and
+    # must get much likelier (the final norm bounds the logits); later tokens only see the delta through random attention, so they only
+    # have to improve.
+    record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
+    hp = TargetHparams(v_num_grad_steps=30, clamp_norm_factor=20.0)
+    delta, stats = optimize_deltas(tiny_llama, [record], 0, hp, ["", "Hi. "])
+    before = _target_nll(tiny_llama, record, 0, torch.zeros(tiny_llama.spec.d_model))
+    after = _target_nll(tiny_llama, record, 0, delta[0])
+    assert after[0] < 0.5 * before[0]
+    assert sum(after) < 0.8 * sum(before)
+    assert stats["steps"] == 30
+
+
+@pytest.mark.real_model
+def test_optimisation_reaches_made_up_target_smollm(smollm):
+    hp = TargetHparams()
+    delta, stats = optimize_deltas(smollm, [FACT], 7, hp, ["", "I like tea. "])
+    assert float(stats["loss"][0]) < 0.3
+    after = _target_nll(smollm, FACT, 7, delta[0])
+    assert sum(after) / len(after) < 0.3
+    assert sum(_target_nll(smollm, FACT, 7, torch.zeros_like(delta[0]))) > 5
+
+
+def test_batched_equals_one_by_one(tiny_llama):
+    other = EditRecord(id="b", prompt="Bobo plays the", subject="Bobo", target_new="oboe", ground_truth=("x",))
+    hp = TargetHparams(v_num_grad_steps=6)
+    both, _ = optimize_deltas(tiny_llama, [FACT, other], 2, hp, [""])
+    one, _ = optimize_deltas(tiny_llama, [other], 2, hp, [""])
+    torch.testing.assert_close(both[1], one[0], atol=1e-4, rtol=1e-4)
+
+
+def test_cache_hit_identical_and_corrupt_file_recomputed(tiny_llama, cache):
+    hp = TargetHparams(v_num_grad_steps=5)
+    first = target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""])
+    files = list((cache / "targets").rglob("*.pt"))
+    assert len(files) == 1
+    assert torch.equal(target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""]), first)  # hit: identical
+    torch.save(torch.full_like(first[0], 7.0), files[0])  # a hit returns the file's tensor, not a recomputation
+    assert torch.equal(target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""])[0], torch.full_like(first[0], 7.0))
+    files[0].write_bytes(b"not a torch file")  # corrupt: recomputed and rewritten
+    again = target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""])
+    assert torch.equal(again, first)
+    assert torch.equal(torch.load(files[0], weights_only=True), first[0])
+    # the key covers hyperparameters and layer
+    assert _cache_path("f", FACT, 1, hp, [""]) != _cache_path("f", FACT, 1, TargetHparams(v_num_grad_steps=6), [""])
+    assert _cache_path("f", FACT, 1, hp, [""]) != _cache_path("f", FACT, 2, hp, [""])
+
+
+def test_bad_arguments(tiny_llama):
+    with pytest.raises(TargetError, match="layer 9"):
+        target_deltas(tiny_llama, [FACT], 9, TargetHparams(), prefixes=[""], use_cache=False)
+    with pytest.raises(TargetError, match="prefixes"):
+        target_deltas(tiny_llama, [FACT], 1, TargetHparams(), prefixes=[], use_cache=False)
+    with pytest.raises(TargetError, match="v_num_grad_steps"):
+        TargetHparams(v_num_grad_steps=0)
+
+
+def test_prenorm_target_inverts_gemma_post_norm(tiny_gemma):
+    norm = tiny_gemma.spec.post_mlp_norms[1]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, tiny_gemma.spec.d_model, generator=g)
+    with torch.no_grad():
+        y = norm(x)
+        torch.testing.assert_close(prenorm_target(norm, x, y), x, atol=1e-5, rtol=1e-5)  # identity at the current output
+        want = y + 0.5 * torch.randn(y.shape, generator=g)
+        got = norm(prenorm_target(norm, x, want))
+    cos = torch.nn.functional.cosine_similarity(got / (1 + norm.weight), want / (1 + norm.weight), dim=-1)
+    # direction of y/g exact: the norm's output is want rescaled to what the norm can emit
+    torch.testing.assert_close(cos, torch.ones(4), atol=1e-5, rtol=0)
+
+
+def test_subject_at_position_zero(tiny_llama):
+    # no position precedes the subject in any row: nothing to keep, the suffix is the whole prompt
+    record = EditRecord(id="z0", prompt="Z is", subject="Z", target_new="Q", ground_truth=("x",))
+    delta, stats = optimize_deltas(tiny_llama, [record], 1, TargetHparams(v_num_grad_steps=3), [""])
+    assert torch.isfinite(delta).all() and float(delta.norm()) > 0

@@ -1,0 +1,196 @@
+"""Causal tracing: the fast grid equals the per-site loop, inputs are checked, alpha arithmetic is right."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from intattn_tl.balance import (
+    CLASSES, aggregate, balance_factor, critical_layers, summarize, token_classes,
+)
+from intattn_tl.tokens import TokenError, answer_ids
+from intattn_tl.tracing import (
+    KINDS, Stack, TraceError, _Patch, embedding_std, subject_noise, trace_dataset, trace_fact, trace_fact_loop,
+    window_layers,
+)
+
+FACT = ("I Paris is", "Paris", "France")  # byte tokens: subject at 2..7, not at the start; answer multi-token
+
+
+@pytest.fixture(scope="module", params=["tiny_llama", "tiny_gemma"])
+def tiny(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def both(tiny):
+    kw = dict(n_samples=3, window=3, seed=1)
+    return trace_fact(tiny, *FACT, **kw), trace_fact_loop(tiny, *FACT, **kw)
+
+
+def test_fast_grid_equals_per_site_loop(both):
+    fast, loop = both
+    assert fast.prob.shape == (len(KINDS), 4, len(fast.tokens)) == loop.prob.shape
+    np.testing.assert_allclose(fast.prob, loop.prob, atol=1e-6)
+    np.testing.assert_allclose(fast.logit_diff, loop.logit_diff, atol=2e-5)
+    assert fast.contrast_token == loop.contrast_token
+    assert fast.ld_corrupt == pytest.approx(loop.ld_corrupt, abs=1e-5)
+    # the grid is not trivially constant: restorations move the answer
+    assert np.ptp(fast.logit_diff) > 1e-2
+
+
+def test_token_batching_does_not_change_numbers(tiny, both):
+    one_token_per_batch = trace_fact(tiny, *FACT, n_samples=3, window=3, seed=1, max_rows=1)
+    np.testing.assert_allclose(one_token_per_batch.logit_diff, both[0].logit_diff, atol=2e-5)
+
+
+def test_restorations_before_subject_are_noops_and_resid_at_last_token_is_clean(both):
+    fast, loop = both
+    s0 = fast.subject_span[0]
+    np.testing.assert_allclose(loop.logit_diff[:, :, :s0], fast.ld_corrupt, atol=2e-5)
+    # restoring the whole residual stream at the last token of the last layer gives the clean logits
+    assert fast.logit_diff[fast.kind("resid"), -1, -1] == pytest.approx(fast.ld_clean, abs=1e-5)
+    if fast.ld_clean > fast.ld_corrupt + 1e-3:
+        assert fast.ld_effect[fast.kind("resid"), -1, -1] == pytest.approx(1.0, abs=1e-3)
+    else:  # the noise did not lower LD: the normalized effect is undefined, and says so
+        assert np.isnan(fast.ld_effect).all()
+
+
+def test_stack_matches_bridge_beyond_sliding_window(tiny):
+    """The direct layer stack (masks, rope, sliding windows) reproduces the bridge's logits on a long prompt."""
+    ids = tiny.tokenizer("The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat")["input_ids"]
+    assert len(ids) > 64  # the tiny Gemma's sliding window
+    ids = torch.tensor([ids])
+    stack = Stack(tiny)
+    with torch.no_grad():
+        ours = stack.run(stack.embed(ids), 0, 0, None, _Patch())
+        ref = tiny.bridge(ids)[:, -1]
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_noise_is_seeded_and_scaled(tiny_llama):
+    a, b = subject_noise(4, 2, 8, 2.0, seed=3), subject_noise(4, 2, 8, 2.0, seed=3)
+    assert torch.equal(a, b) and not torch.equal(a, subject_noise(4, 2, 8, 2.0, seed=4))
+    big = subject_noise(2000, 1, 64, 2.0, seed=0)
+    assert big.std().item() == pytest.approx(2.0, rel=0.02)
+    w = tiny_llama.hf_model.get_input_embeddings().weight
+    assert embedding_std(tiny_llama) == pytest.approx(w.double().std(unbiased=False).item(), rel=1e-6)
+
+
+def test_same_seed_same_result_other_seed_differs(tiny_llama):
+    kw = dict(n_samples=2, window=2, kinds=("mlp",))
+    a, b, c = (trace_fact(tiny_llama, *FACT, seed=s, **kw) for s in (0, 0, 1))
+    assert np.array_equal(a.logit_diff, b.logit_diff)
+    assert not np.allclose(a.logit_diff, c.logit_diff)
+
+
+def test_window_edges():
+    assert list(window_layers(0, 10, 30)) == list(range(0, 5))
+    assert list(window_layers(12, 10, 30)) == list(range(7, 17))
+    assert list(window_layers(29, 10, 30)) == list(range(24, 30))
+    assert list(window_layers(3, 1, 30)) == [3]
+    assert list(window_layers(3, 3, 30)) == [2, 3, 4]
+    with pytest.raises(TraceError, match="window"):
+        window_layers(0, 0, 30)
+
+
+def test_bad_input_is_named(tiny_llama):
+    with pytest.raises(TokenError, match="Berlin"):
+        trace_fact(tiny_llama, "Paris is in", "Berlin", "France", n_samples=1)
+    with pytest.raises(TraceError, match="n_samples"):
+        trace_fact(tiny_llama, *FACT, n_samples=0)
+    with pytest.raises(TraceError, match="kinds"):
+        trace_fact(tiny_llama, *FACT, kinds=("heads",))
+    with pytest.raises(TraceError, match="answer token itself"):
+        r = trace_fact(tiny_llama, *FACT, n_samples=1, kinds=("resid",))
+        trace_fact(tiny_llama, *FACT, n_samples=1, kinds=("resid",), contrast=r.answer_token)
+
+
+def test_multi_token_answer_traces_first_token_and_reports_unknown(tiny_llama):
+    r = trace_fact(tiny_llama, *FACT, n_samples=1, kinds=("resid",))
+    ids = answer_ids(tiny_llama.tokenizer, FACT[0], FACT[2])
+    assert len(ids) > 1 and r.answer_token == ids[0]
+    # a random tiny model does not "know" the fact; the result says so instead of failing
+    assert r.known == (r.answer_token == int(tiny_llama.bridge(torch.tensor([tiny_llama.tokenizer(FACT[0])["input_ids"]]))[0, -1].argmax()))
+
+
+def test_token_classes_follow_rome():
+    c = token_classes((2, 5), 9)
+    assert c == {"first subject": [2], "middle subject": [3], "last subject": [4], "first subsequent": [5],
+                 "further": [6, 7], "last": [8]}
+    single = token_classes((0, 1), 3)
+    assert single["first subject"] == single["last subject"] == [0] and single["middle subject"] == []
+
+
+def test_alpha_arithmetic_and_layer_choice():
+    attn = np.array([0.1, 0.5, 0.4, 0.0, 0.0, 0.0])
+    mlp = np.array([0.0, 0.0, 0.2, 0.6, 0.6, 0.1])
+    assert critical_layers(attn, 2) == [1, 2]
+    assert critical_layers(mlp, 3) == [2, 3, 4]
+    assert balance_factor(attn, mlp, [1, 2], [3, 4]) == pytest.approx(0.9 / (0.9 + 1.2))
+    assert balance_factor(-attn, mlp, [1, 2], [3, 4]) == 0.0  # a harmful module gets no share
+    with pytest.raises(TraceError, match="attn_layers"):
+        balance_factor(attn, mlp, [7], [3])
+    with pytest.raises(TraceError, match="width"):
+        critical_layers(attn, 7)
+
+
+def test_aggregate_and_summary(both, tiny):
+    fast, _ = both
+    agg = aggregate([fast, fast])
+    assert agg["mean"].shape == (len(KINDS), 4, len(CLASSES))
+    last = CLASSES.index("last")
+    np.testing.assert_allclose(agg["mean"][:, :, last], fast.ld_effect[:, :, -1], atol=1e-6)
+    signal = not np.isnan(fast.ld_effect).all()  # a random model's noise may not lower LD at all
+    assert agg["count"][0, 0, CLASSES.index("middle subject")] == (2 * 3 if signal else 0)  # 3 middle bytes, twice
+    try:
+        s = summarize([fast], attn_width=2, mlp_width=1, attn_layers=[0])
+    except TraceError as err:
+        assert "undefined" in str(err)
+        return
+    assert s["attn_layers"] == [0] and len(s["mlp_layers"]) == 1 and 0.0 <= s["alpha"] <= 1.0
+
+
+def test_trace_dataset_reports_skips(tiny_llama):
+    from intattn_tl.data import KnownFact
+
+    facts = [KnownFact("a", FACT[0], FACT[1], FACT[2], "P1"), KnownFact("b", "Rome is", "Milan", "Italy", "P1")]
+    out = trace_dataset(tiny_llama, facts, known_only=False, progress=False, n_samples=1, kinds=("resid",))
+    assert len(out.results) == 1 and out.seen == 2
+    assert out.skipped[0][0] == "b" and "Milan" in out.skipped[0][1]
+    known = trace_dataset(tiny_llama, facts[:1], known_only=True, progress=False, n_samples=1, kinds=("resid",))
+    assert len(known.results) + len(known.skipped) == 1
+
+
+@pytest.mark.real_model
+def test_real_model_traces_a_known_fact(smollm, tmp_path):
+    r = trace_fact(smollm, "The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris",
+                   n_samples=3, kinds=("resid", "mlp_window"))
+    assert r.known and r.p_clean > r.p_corrupt and r.subject_span[0] == 1
+    # the whole clean residual at the last token after the last layer is the clean run
+    assert r.logit_diff[r.kind("resid"), -1, -1] == pytest.approx(r.ld_clean, abs=1e-4)
+    assert np.isfinite(r.ld_effect).all() and np.ptp(r.ld_effect[r.kind("mlp_window")]) > 0.05
+    assert np.allclose(r.logit_diff[:, :, 0], r.ld_corrupt, atol=1e-4)  # "The" precedes the subject: no-op
+    assert r.ld_effect[r.kind("resid"), -1, -1] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_trace_command_writes_outputs(tmp_path, monkeypatch):
+    from intattn_tl.cli import main
+    from intattn_tl.data import KnownFact
+    import intattn_tl.data as data
+
+    monkeypatch.setattr(data, "load_known_facts", lambda: [KnownFact("0", *FACT, "P1")] * 2)
+    monkeypatch.setattr("intattn_tl.tracing.greedy_token", lambda model, prompt: answer_ids(model.tokenizer, FACT[0], FACT[2])[0])
+    result = tmp_path / "r.json"
+    rc = main(["trace", "--model", "tiny-llama", "--facts", "2", "--out", str(tmp_path), "--samples", "2",
+               "--window", "2", "--seed", "2", "--attn-width", "1", "--mlp-width", "2", "--result-file", str(result)])
+    assert rc == 0
+    rec = json.loads(result.read_text())
+    assert rec["model"] == "tiny-llama" and rec["n_facts"] == 2 and len(rec["mlp_layers"]) == 2
+    assert 0 <= rec["alpha"] <= 1
+    for name in ("trace.npz", "effects.csv", "fig1_heatmaps.png", "fig2_last_subject.png", "facts.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert np.load(tmp_path / "trace.npz")["ld_mean"].shape == (len(KINDS), 4, len(CLASSES))
