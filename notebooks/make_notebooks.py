@@ -47,7 +47,8 @@ ALPHA = [
     ("code", "overrides = {'mom2_n_samples': 20_000} if SMALL else {}\n"
              "points = [sweep_point(model, records, a, cfg, ref, overrides) for a in (0.0, 0.5, 1.0)]\n"
              "for p in points:\n    print({k: round(p[k], 2) for k in ('alpha', 'edit_succ', 'portability', 'locality', 'fluency')})"),
-    ("code", "from pathlib import Path\nfrom IPython.display import Image\nImage(filename=str(plot_figure4(points, Path('figure4_small.png'), 'SmolLM2, ZsRE, T=4')))"),
+    ("code", "import tempfile\nfrom pathlib import Path\nfrom IPython.display import Image\n"
+             "Image(filename=str(plot_figure4(points, Path(tempfile.mkdtemp()) / 'figure4.png', 'SmolLM2, ZsRE, T=4')))"),
 ]
 
 

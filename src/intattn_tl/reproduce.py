@@ -136,21 +136,16 @@ def load_cells(run: TableRun) -> dict[tuple[str, int], dict]:
 
 
 def _marks(values: dict[str, float]) -> dict[str, str]:
-    """Best in bold, second marked with a dagger (methods only; the pre-edit row is not ranked)."""
-    ranked = sorted((v, m) for m, v in values.items() if m != "pre-edit" and v is not None and not math.isnan(v))
-    ranked.reverse()
-    marks = {}
-    if ranked:
-        marks[ranked[0][1]] = "bold"
-    if len(ranked) > 1:
-        marks[ranked[1][1]] = "dagger"
-    return marks
+    """Best value in bold, second-best value marked with a dagger (ties share the mark; pre-edit is not ranked)."""
+    scored = {m: round(v, 2) for m, v in values.items() if m != "pre-edit" and v is not None and not math.isnan(v)}
+    levels = sorted(set(scored.values()), reverse=True)
+    return {m: "bold" if v == levels[0] else "dagger" for m, v in scored.items() if v in levels[:2]}
 
 
 def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: str) -> str:
     lines = [f"### {title}", "", SEMANTICS, ""]
     for T in sizes:
-        header = ["Method", *[c[1] for c in COLUMNS], "Exact match", "Edit s", "Eval s"]
+        header = ["Method", *[c[1] for c in COLUMNS], "Edit EM", "Edit s", "Eval s"]
         lines += [f"**T = {T}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         order = ["pre-edit", *methods]
         marks = {key: _marks({m: cells.get((m, T), {}).get(key) for m in order}) for key, _ in COLUMNS}
@@ -165,7 +160,7 @@ def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: s
                 text = "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
                 mark = marks[key].get(m)
                 vals.append(f"**{text}**" if mark == "bold" else f"{text}†" if mark == "dagger" else text)
-            em = cell.get("exact_match")
+            em = cell.get("edit_em")
             vals.append("n/a" if em is None else f"{em:.2f}")
             vals += [f"{cell.get('edit_seconds', 0):.0f}", f"{cell.get('eval_seconds', 0):.0f}"]
             lines.append(f"| {DISPLAY.get(m, m)} | " + " | ".join(vals) + " |")
@@ -182,5 +177,5 @@ def write_table(run: TableRun) -> Path:
         w = csv.writer(f)
         w.writerow(["method", "T", *[k for k, _ in COLUMNS], "exact_match", "edit_seconds", "eval_seconds"])
         for (m, T), s in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("exact_match"), s.get("edit_seconds"), s.get("eval_seconds")])
+            w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("edit_em"), s.get("edit_seconds"), s.get("eval_seconds")])
     return run.dir / "table.md"

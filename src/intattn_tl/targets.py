@@ -31,7 +31,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from .data import EditRecord
-from .models import LoadedModel, weights_fingerprint
+from .models import LoadedModel, cache_kwarg, weights_fingerprint
 from .paths import cache_dir
 from .tokens import answer_ids, prompt_ids, subject_span
 
@@ -97,7 +97,8 @@ def hidden_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int) -
     pos = torch.arange(t, device=resid.device).unsqueeze(0)
     ones = torch.ones(b, t, dtype=torch.long, device=resid.device)
     kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
-    mask_args = dict(config=cfg, inputs_embeds=resid, attention_mask=ones, cache=None, position_ids=pos)
+    mask_args = dict(config=cfg, inputs_embeds=resid, attention_mask=ones, position_ids=pos,
+                     **{cache_kwarg(create_causal_mask): None})
     masks = {"full_attention": create_causal_mask(**mask_args)}
     if "sliding_attention" in kinds:
         masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
@@ -153,8 +154,9 @@ def _orig(module: nn.Module) -> nn.Module:
 def _block(block: nn.Module, h: Tensor, mask: Tensor, rope, pos: Tensor, cache: _FixedKV) -> Tensor:
     """One Llama / Gemma-3 decoder layer from its HF parts (attention called with our mask and cache)."""
     blk = _orig(block)
-    a, _ = _orig(blk.self_attn)(hidden_states=blk.input_layernorm(h), position_embeddings=rope,
-                                attention_mask=mask, cache=cache, position_ids=pos)
+    attn = _orig(blk.self_attn)
+    a, _ = attn(hidden_states=blk.input_layernorm(h), position_embeddings=rope, attention_mask=mask,
+                position_ids=pos, **{cache_kwarg(attn): cache})
     if hasattr(blk, "post_feedforward_layernorm"):  # Gemma-3: norms around both sublayers
         h = h + blk.post_attention_layernorm(a)
         return h + blk.post_feedforward_layernorm(blk.mlp(blk.pre_feedforward_layernorm(h)))

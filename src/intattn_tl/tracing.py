@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .models import LoadedModel
+from .models import LoadedModel, cache_kwarg
 from .tokens import TokenError, answer_ids, prompt_ids, subject_span
 
 KINDS = ("resid", "attn", "mlp", "attn_window", "mlp_window")
@@ -221,9 +221,9 @@ class Stack:
         """One decoder layer; returns (block output, attn out, mlp out) with the patches applied."""
         layer = self.layers[j]
         kind = self.layer_types[j]
-        a = _raw(layer.self_attn)(
-            _raw(layer.input_layernorm)(x), position_embeddings=rope[kind], attention_mask=mask[kind], cache=cache
-        )[0]
+        attn = _raw(layer.self_attn)
+        a = attn(_raw(layer.input_layernorm)(x), position_embeddings=rope[kind], attention_mask=mask[kind],
+                 **{cache_kwarg(attn): cache})[0]
         if self.post_norm:
             a = _raw(layer.post_attention_layernorm)(a)
         a = _apply(a, patch.attn.get(j))

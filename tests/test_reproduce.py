@@ -1,0 +1,81 @@
+"""The reproduction runner, the α sweep and the W&B sweep files, on the tiny model (fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from intattn_tl.evaluate import EvalConfig
+from intattn_tl.reproduce import TableRun, _marks, load_cells, run_table
+from intattn_tl.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_marks_bold_best_dagger_second_ties_share():
+    marks = _marks({"pre-edit": 99.0, "a": 50.0, "b": 70.0, "c": 70.0, "d": 60.0, "e": float("nan")})
+    assert marks == {"b": "bold", "c": "bold", "d": "dagger"}
+
+
+def test_table_runs_resumes_and_marks(tmp_path):
+    run = TableRun(table="table2", model="tiny-llama", sizes=(2, 3), methods=("memit", "intattn"), out=tmp_path,
+                   eval_cfg=EvalConfig(fluency=False, progress=False))
+    folder = run_table(run)
+    cells = load_cells(run)
+    assert set(cells) == {(m, T) for m in ("pre-edit", "memit", "intattn") for T in (2, 3)}
+    assert cells[("pre-edit", 2)]["locality"] == pytest.approx(100.0)
+    assert cells[("memit", 3)]["n"] == 3
+    table = (folder / "table.md").read_text()
+    assert "**T = 3**" in table and "IntAttn-Edit" in table and "first T records" in table
+    # a finished cell is not recomputed; a deleted one is
+    stamp = (folder / "cells" / "memit-T2.json").stat().st_mtime_ns
+    (folder / "cells" / "intattn-T3.json").unlink()
+    run_table(run)
+    assert (folder / "cells" / "memit-T2.json").stat().st_mtime_ns == stamp
+    assert (folder / "cells" / "intattn-T3.json").exists()
+
+
+def test_unknown_method_fails_before_any_work(tmp_path):
+    from intattn_tl.editing import EditError
+
+    run = TableRun(model="tiny-llama", sizes=(2,), methods=("nope",), out=tmp_path, eval_cfg=EvalConfig(fluency=False))
+    with pytest.raises(EditError, match="unknown method"):
+        run_table(run)
+
+
+def test_alpha_sweep_writes_points_and_figure(tmp_path):
+    folder = run_sweep("tiny-llama", "zsre", 2, (0.0, 1.0), tmp_path, EvalConfig(fluency=False, progress=False))
+    lines = (folder / "points.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("alpha")
+    assert (folder / "figure4.png").stat().st_size > 1000
+
+
+def test_wandb_sweep_config_parses_and_agent_runs_one_point_offline(tmp_path):
+    cfg = yaml.safe_load((ROOT / "experiments" / "sweep_alpha.yaml").read_text())
+    assert cfg["method"] == "grid" and cfg["program"] == "experiments/sweep_agent.py"
+    assert 0.0 in cfg["parameters"]["alpha"]["values"] and 1.0 in cfg["parameters"]["alpha"]["values"]
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    import os
+
+    env = {**os.environ, **env}
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "sweep_agent.py"), "--alpha=0.5", "--T=2",
+                           "--model=tiny-llama", "--dataset=zsre", "--fluency=false"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "'alpha': 0.5" in proc.stdout
+    assert list(tmp_path.glob("wandb/offline-run-*"))
+
+
+def test_reproduce_cli_quick_on_tiny_model(tmp_path, capsys):
+    from intattn_tl.cli import main
+
+    assert main(["reproduce", "table1", "--model", "tiny-llama", "--quick", "--no-fluency", "--methods", "memit",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "zsre" in out and "**T = 8**" in out and "MEMIT" in out
+    assert json.loads((tmp_path / "table1-tiny-llama" / "run.json").read_text())["sizes"] == [4, 8]
