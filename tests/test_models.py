@@ -76,3 +76,27 @@ def test_smollm_knows_paris(smollm):
     assert tok.decode(logits[0, -1].argmax()) == " Paris"
     s = smollm.spec
     assert (s.n_layers, s.d_model, s.d_mlp, s.n_heads, s.d_head) == (30, 576, 1536, 9, 64)
+
+
+def test_unreachable_hub_model_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="Known offline models: smollm2-135m"):
+        load_model("intattn-test-org/no-such-model")
+
+
+def test_corrupt_model_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
+    """A dequantized cache whose weights file is damaged is detected and rebuilt from the GGUF file."""
+    import shutil
+
+    from intattn_tl import models
+
+    monkeypatch.setenv("INTATTN_CACHE", str(tmp_path))
+    fake = tmp_path / "models" / "smollm2-135m"
+    fake.mkdir(parents=True)
+    (fake / "intattn_complete.json").write_text("{}")
+    (fake / "config.json").write_text("{not json")
+    calls = []
+    monkeypatch.setattr(models, "fetch_gguf", lambda name: calls.append(name) or (_ for _ in ()).throw(ModelLoadError("stop here")))
+    with pytest.raises(ModelLoadError, match="stop here"):
+        models._load_known_hf("smollm2-135m", torch.float32)
+    assert calls == ["smollm2-135m"] and not fake.exists()
