@@ -85,9 +85,7 @@ def test_unreachable_hub_model_says_what_to_do(monkeypatch):
 
 
 def test_corrupt_model_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
-    """A dequantized cache whose weights file is damaged is detected and rebuilt from the GGUF file."""
-    import shutil
-
+    """A dequantized cache whose files are damaged is detected and rebuilt from the GGUF file."""
     from intattn_tl import models
 
     monkeypatch.setenv("INTATTN_CACHE", str(tmp_path))
