@@ -2,6 +2,7 @@
 
     python experiments/bench_tracing.py --model smollm2-135m --threads 2            # full loop (minutes)
     python experiments/bench_tracing.py --model smollm2-135m --loop-sites 60        # loop timed on a sample
+    python experiments/bench_tracing.py --loop-sites 30 --kinds resid,attn,mlp --bf16  # + the bfloat16 fast path
 
 With --loop-sites K the loop runs K random sites and its full-grid time is extrapolated (K sites x
 grid size / K); the printout says so. Times are wall clock and process CPU time (user+sys, all threads).
@@ -38,6 +39,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=10)
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--loop-sites", type=int, default=0, help="time the loop on this many random sites (0: all)")
+    p.add_argument("--bf16", action="store_true", help="also time the fast path in bfloat16 and compare it to float32")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
@@ -58,6 +60,13 @@ def main() -> None:
     print(f"fast (all sites):  wall {fast_wall:.1f}s  cpu {fast_cpu:.1f}s")
     print(f"ratio loop/fast:   wall {loop_wall * scale / fast_wall:.1f}x  cpu {loop_cpu * scale / fast_cpu:.1f}x")
     print(f"max |diff| over compared sites: logit diff {diff:.2e}, prob {pdiff:.2e}")
+    if args.bf16:
+        model.hf_model.to(torch.bfloat16)
+        half, half_wall, _ = timed(lambda: trace_fact(model, *FACT, **kw))
+        d = np.abs(half.ld_effect - fast.ld_effect)
+        r = np.corrcoef(half.ld_effect.ravel(), fast.ld_effect.ravel())[0, 1]
+        print(f"fast bfloat16:     wall {half_wall:.1f}s ({fast_wall / half_wall:.1f}x float32); normalized LD vs "
+              f"float32: max |diff| {np.nanmax(d):.3f}, mean {np.nanmean(d):.4f}, correlation {r:.4f}")
 
 
 if __name__ == "__main__":

@@ -194,3 +194,36 @@ def test_trace_command_writes_outputs(tmp_path, monkeypatch):
     for name in ("trace.npz", "effects.csv", "fig1_heatmaps.png", "fig2_last_subject.png", "facts.json"):
         assert (tmp_path / name).stat().st_size > 0
     assert np.load(tmp_path / "trace.npz")["ld_mean"].shape == (len(KINDS), 4, len(CLASSES))
+    assert (tmp_path / "facts" / "0.npz").exists() and (tmp_path / "facts" / "settings.json").exists()
+    # a rerun with other settings into the same folder is refused, not mixed in
+    assert main(["trace", "--model", "tiny-llama", "--facts", "2", "--out", str(tmp_path), "--samples", "3",
+                 "--no-result-file"]) == 2
+
+
+def test_store_resumes_and_refuses_other_settings(tiny_llama, tmp_path, monkeypatch):
+    from intattn_tl import tracing
+    from intattn_tl.data import KnownFact
+
+    facts = [KnownFact("a", *FACT, "P1"), KnownFact("b", "I Rome is", "Rome", "Italy", "P1")]
+    kw = dict(known_only=False, progress=False, n_samples=2, kinds=("mlp", "attn_window"), window=2, store=tmp_path)
+    first = trace_dataset(tiny_llama, facts, **kw)
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == ["a.npz", "b.npz"]
+    (tmp_path / "b.npz").write_bytes(b"not a zip")  # a damaged file is traced again
+
+    calls = []
+    real = tracing.trace_fact
+    monkeypatch.setattr(tracing, "trace_fact", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    again = trace_dataset(tiny_llama, facts, **kw)
+    assert calls == ["I Rome is"]  # only the damaged fact was recomputed
+    for x, y in zip(first.results, again.results):
+        assert x.kinds == y.kinds and x.subject_span == y.subject_span and x.tokens == y.tokens
+        np.testing.assert_array_equal(x.logit_diff, y.logit_diff)
+    with pytest.raises(TraceError, match="other settings"):
+        trace_dataset(tiny_llama, facts, **{**kw, "n_samples": 3})
+
+
+def test_kind_subsets_equal_the_full_grid(tiny_llama):
+    part = trace_fact(tiny_llama, *FACT, n_samples=3, window=3, seed=1, kinds=("mlp_window", "resid"))
+    full = trace_fact(tiny_llama, *FACT, n_samples=3, window=3, seed=1)
+    for kind in part.kinds:
+        np.testing.assert_allclose(part.logit_diff[part.kind(kind)], full.logit_diff[full.kind(kind)], atol=2e-5)

@@ -11,17 +11,24 @@ effects are `prob - p_corrupt` and the normalized LD (LD_pt - LD_*) / (LD_clean 
 
 Two implementations compute the same numbers:
 - `trace_fact_loop`: one hooked TransformerBridge forward per site (the obvious reference);
-- `trace_fact`: does less work. A restoration at layer l of token t leaves every layer < l and every
-  position < t exactly as in the corrupted run, so it starts from the cached corrupted residual at
-  layer l, recomputes only positions >= t (attending to the corrupted run's cached keys/values for
-  positions < t), unembeds only the last position, and fills tokens before the subject (where a
-  restoration is a no-op) with the corrupted baseline. Sites sharing a start layer run as one batch.
+- `trace_fact`: does less work (see `_Runs`). Restoring a module at (layer l, token t) changes only
+  position t of layer l's output, so a site's rows enter the layer stack at l + 1 from the cached
+  corrupted run; every site restoring token t shares one pass over positions t.. only (keys/values of
+  earlier positions come from the corrupted run), only the last position is unembedded, and tokens
+  before the subject (where a restoration is a no-op) get the corrupted baseline.
+
+The answer's first token is traced (a multi-token answer is traced on its first token); r' defaults to
+the corrupted run's most probable token other than r, i.e. the wrong answer the noise pushes the model to.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import os
 from dataclasses import dataclass, field
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,6 +82,20 @@ class TraceResult:
 
     def kind(self, name: str) -> int:
         return self.kinds.index(name)
+
+    def save(self, path: Path) -> None:
+        """One .npz (arrays + JSON metadata), written atomically so a killed run never leaves half a file."""
+        meta = {k: v for k, v in self.__dict__.items() if k not in ("prob", "logit_diff")}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, prob=self.prob, logit_diff=self.logit_diff, meta=np.array(json.dumps(meta)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TraceResult":
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            meta.update(subject_span=tuple(meta["subject_span"]), kinds=tuple(meta["kinds"]))
+            return cls(**meta, prob=z["prob"], logit_diff=z["logit_diff"])
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -217,6 +238,13 @@ class Stack:
             out[t] = torch.zeros(allowed.shape, dtype=dtype, device=q.device).masked_fill(~allowed, lowest)[None, None]
         return out
 
+    def mlp_out(self, j: int, mid: Float[Tensor, "r p d"]) -> Float[Tensor, "r p d"]:
+        """Layer j's MLP output (what `hook_mlp_out` sees) for the post-attention residual `mid`."""
+        layer = self.layers[j]
+        pre_mlp = layer.pre_feedforward_layernorm if self.post_norm else layer.post_attention_layernorm
+        m = _raw(layer.mlp)(_raw(pre_mlp)(mid))
+        return _raw(layer.post_feedforward_layernorm)(m) if self.post_norm else m
+
     def block(self, j: int, x, rope, mask, cache, patch: _Patch):
         """One decoder layer; returns (block output, attn out, mlp out) with the patches applied."""
         layer = self.layers[j]
@@ -228,11 +256,7 @@ class Stack:
             a = _raw(layer.post_attention_layernorm)(a)
         a = _apply(a, patch.attn.get(j))
         mid = x + a
-        pre_mlp = layer.pre_feedforward_layernorm if self.post_norm else layer.post_attention_layernorm
-        m = _raw(layer.mlp)(_raw(pre_mlp)(mid))
-        if self.post_norm:
-            m = _raw(layer.post_feedforward_layernorm)(m)
-        m = _apply(m, patch.mlp.get(j))
+        m = _apply(self.mlp_out(j, mid), patch.mlp.get(j))
         return _apply(mid + m, patch.resid.get(j)), a, m
 
     def unembed(self, h: Float[Tensor, "r d"]) -> Float[Tensor, "r vocab"]:
@@ -240,6 +264,11 @@ class Stack:
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+    def scores(self, h: Float[Tensor, "r d"], r: int, r2: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
+        """P(r) and logit(r) - logit(r') per row, unembedding `chunk` rows at a time (vocabularies are large)."""
+        parts = [_score_rows(self.unembed(c), r, r2) for c in h.split(chunk)]
+        return torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
 
     def run(self, x: Float[Tensor, "r p d"], start_layer: int, start_pos: int,
             prefix: dict[int, tuple[Tensor, Tensor]] | None, patch: _Patch, record: bool = False):
@@ -324,12 +353,12 @@ def _result(model, prompt, subject, answer, fact: _Fact, r2, kinds, window, clea
 def trace_fact(
     model: LoadedModel, prompt: str, subject: str, answer: str, *, n_samples: int = 10, noise_scale: float = 3.0,
     embed_std: float | None = None, window: int = 10, kinds=KINDS, seed: int = 0, contrast: int | str | None = None,
-    max_rows: int = 1024,
+    max_rows: int = 32768,
 ) -> TraceResult:
     """The full restoration grid for one fact (see module docstring). `answer`'s first token is traced.
 
     `embed_std` (the embedding std; noise std = noise_scale x it) is computed when not given; pass it when tracing many facts.
-    `max_rows` bounds a batch (rows x positions): more tokens per batch means fewer passes over the weights.
+    `max_rows` bounds one pass (rows x positions); sites beyond it go to further passes. Numbers do not depend on it.
     """
     kinds = _check(n_samples, window, kinds)
     fact = _prepare(model, prompt, subject, answer)
@@ -343,57 +372,93 @@ def trace_fact(
     noise = subject_noise(n_samples, s1 - s0, emb.shape[-1], std, seed).to(dev, emb.dtype)
     noisy = emb.repeat(n_samples, 1, 1)
     noisy[:, s0:s1] += noise
-    corrupt_logits, corrupt_resid, _, _, kv = stack.run(noisy, 0, 0, None, _Patch(), record=True)
+    corrupt_logits, corrupt_resid, corrupt_attn, _, kv = stack.run(noisy, 0, 0, None, _Patch(), record=True)
     r2 = _contrast(corrupt_logits, r, contrast, model)
     p_star, ld_star = _scores(corrupt_logits[None], r, r2)
-    clean = {"resid": clean_resid[0, 1:], "attn": clean_attn[0], "mlp": clean_mlp[0]}  # [layer, tok, d]
+    runs = _Runs(stack, clean_resid[0], clean_attn[0], clean_mlp[0], corrupt_resid, corrupt_attn, kv, r, r2)
 
     prob = torch.empty(len(kinds), n_layers, n_tok, device=dev)
     ld = torch.empty_like(prob)
     prob[:, :, :s0], ld[:, :, :s0] = p_star, ld_star  # restoring a token the noise never touched is a no-op
-    sites = [(k, layer, site_layers(kinds[k], layer, window, n_layers)) for k in range(len(kinds)) for layer in range(n_layers)]
-    by_start: dict[int, list] = {}
-    for site in sites:
-        by_start.setdefault(site[2].start, []).append(site)
-    for start, group in by_start.items():
-        for ts in _token_chunks(range(s0, n_tok), len(group) * n_samples, max_rows):
-            logits = _run_group(stack, group, kinds, ts, start, clean, corrupt_resid, kv, n_samples)
-            p, d = _scores(logits.view(len(ts), len(group), n_samples, -1), r, r2)
-            for i, (k, layer, _) in enumerate(group):
-                prob[k, layer, ts], ld[k, layer, ts] = p[:, i], d[:, i]
+    sites = sorted(((kinds[k], layer, k) for k in range(len(kinds)) for layer in range(n_layers)),
+                   key=lambda site: site_layers(site[0], site[1], window, n_layers).start)
+    for t in range(s0, n_tok):
+        per_pass = max(1, max_rows // (n_samples * (n_tok - t)))
+        for i in range(0, len(sites), per_pass):
+            group = sites[i:i + per_pass]
+            p, d = runs.restore(t, [(kind, site_layers(kind, layer, window, n_layers)) for kind, layer, _ in group])
+            for (_, layer, k), pk, dk in zip(group, p.view(len(group), n_samples).mean(1), d.view(len(group), n_samples).mean(1)):
+                prob[k, layer, t], ld[k, layer, t] = pk, dk
     return _result(model, prompt, subject, answer, fact, r2, kinds, window, clean_logits, corrupt_logits, prob, ld)
 
 
-def _token_chunks(tokens: range, rows_per_token: int, max_rows: int) -> list[list[int]]:
-    """Consecutive tokens batched together while (rows x computed positions) stays under max_rows."""
-    chunks: list[list[int]] = []
-    for t in tokens:
-        if chunks and (len(chunks[-1]) + 1) * rows_per_token * (tokens.stop - chunks[-1][0]) <= max_rows:
-            chunks[-1].append(t)
-        else:
-            chunks.append([t])
-    return chunks
+class _Runs:
+    """Restoration passes for one fact, built from its clean and corrupted runs.
 
-
-def _run_group(stack: Stack, group, kinds, ts: list[int], start: int, clean, corrupt_resid, kv, n: int):
-    """Sites starting at layer `start`, restoring tokens `ts`, as one batch with rows ordered (token, site, sample).
-
-    Every row computes positions ts[0].. (keys/values before that come from the corrupted run); a row
-    restoring token t > ts[0] also recomputes positions ts[0]..t-1, which stay equal to the corrupted run's.
+    Restoring a module at (layer l, token t) changes only position t of layer l's output: positions > t
+    attend over layer l's (corrupted, unchanged) inputs, and positions < t never see t. So a site's rows
+    enter the stack at layer l + 1 with the corrupted output of layer l, position t rebuilt; rows of
+    every site restoring token t share one pass that computes positions t.. only, the batch growing as
+    sites enter. Window kinds also patch position t at their later layers.
     """
-    t0, n_blocks, dev = ts[0], len(ts) * len(group), corrupt_resid.device
-    pos = (torch.tensor(ts, device=dev) - t0).repeat_interleave(len(group) * n)
-    patch = _Patch()
-    for j in range(start, len(stack.layers)):
-        for module in ("resid", "attn", "mlp"):
-            hit = torch.tensor([kinds[k].split("_")[0] == module and j in layers for k, _, layers in group], device=dev)
-            if hit.any():
-                values = clean[module][j, ts].repeat_interleave(len(group) * n, 0)
-                getattr(patch, module)[j] = (hit.repeat(len(ts)).repeat_interleave(n), pos, values)
-    x = corrupt_resid[:, start, t0:].repeat(n_blocks, 1, 1)
-    prefix = {j: (k[:, :, :t0].repeat(n_blocks, 1, 1, 1), v[:, :, :t0].repeat(n_blocks, 1, 1, 1))
-              for j, (k, v) in kv.items() if j >= start}
-    return stack.run(x, start, t0, prefix, patch)
+
+    def __init__(self, stack: Stack, clean_resid, clean_attn, clean_mlp, corrupt_resid, corrupt_attn, kv, r: int, r2: int):
+        self.stack, self.kv, self.r, self.r2 = stack, kv, r, r2
+        self.clean = {"resid": clean_resid[1:], "attn": clean_attn, "mlp": clean_mlp}  # [layer, tok, d]: outputs
+        self.corrupt_in, self.corrupt_attn = corrupt_resid, corrupt_attn  # [n, layer+1, tok, d], [n, layer, tok, d]
+        self.n = corrupt_resid.shape[0]
+
+    def entry(self, kind: str, layer: int, t: int) -> Float[Tensor, "n p d"]:
+        """Layer `layer`'s output at positions t.. with the restoration of token t applied there."""
+        module = kind.split("_")[0]
+        x = self.corrupt_in[:, layer + 1, t:].clone()
+        if module == "resid":
+            x[:, 0] = self.clean["resid"][layer, t]
+            return x
+        mid = self.corrupt_in[:, layer, t] + (self.clean["attn"][layer, t] if module == "attn" else self.corrupt_attn[:, layer, t])
+        m = self.clean["mlp"][layer, t].expand_as(mid) if module == "mlp" else self.stack.mlp_out(layer, mid[:, None])[:, 0]
+        x[:, 0] = mid + m
+        return x
+
+    def restore(self, t: int, sites: list[tuple[str, range]]) -> tuple[Float[Tensor, "rows"], Float[Tensor, "rows"]]:
+        """P(r) and logit(r) - logit(r') per row (site-major, then noise sample), for sites restoring token t."""
+        stack, n, n_layers = self.stack, self.n, len(self.stack.layers)
+        entering: dict[int, list[int]] = {}
+        for i, (_, layers) in enumerate(sites):
+            entering.setdefault(layers.start + 1, []).append(i)
+        total = self.corrupt_in.shape[2]
+        positions = torch.arange(t, total, device=self.corrupt_in.device)
+        x0 = self.corrupt_in[:1, 0, t:]
+        rope, mask = stack.rope(x0, positions), stack.masks(t, total, x0.dtype)
+        order: list[int] = []
+        x = x0[:0]
+        for j in range(n_layers + 1):
+            new = entering.get(j, [])
+            if new:
+                x = torch.cat([x, *(self.entry(sites[i][0], sites[i][1].start, t) for i in new)])
+                order += new
+            if j == n_layers or not order:
+                continue
+            samples = torch.arange(n, device=x.device).repeat(len(order))
+            prefix = {j: (self.kv[j][0][samples, :, :t], self.kv[j][1][samples, :, :t])}
+            patch = _Patch()
+            for module in ("attn", "mlp"):
+                hit = torch.tensor([sites[i][0] == module + "_window" and j in sites[i][1] for i in order], device=x.device)
+                if hit.any():
+                    rows = hit.repeat_interleave(n)
+                    value = self.clean[module][j, t].expand(len(rows), -1)
+                    getattr(patch, module)[j] = (rows, torch.zeros_like(samples), value)
+            x = stack.block(j, x, rope, mask, _PrefixKV(prefix), patch)[0]
+        p, d = stack.scores(x[:, -1], self.r, self.r2)
+        rank = torch.empty(len(order), dtype=torch.long)
+        rank[torch.tensor(order)] = torch.arange(len(order))
+        rows = (rank[:, None] * n + torch.arange(n)).flatten().to(p.device)
+        return p[rows], d[rows]
+
+
+def _score_rows(logits: Float[Tensor, "r vocab"], r: int, r2: int) -> tuple[Tensor, Tensor]:
+    logits = logits.float()
+    return torch.softmax(logits, -1)[:, r], logits[:, r] - logits[:, r2]
 
 
 # ----------------------------------------------------------------------------- reference: one forward per site
@@ -474,24 +539,36 @@ class DatasetTrace:
 
 
 def trace_dataset(
-    model: LoadedModel, facts, n_facts: int | None = None, *, known_only: bool = True, progress: bool = True, **kwargs
+    model: LoadedModel, facts, n_facts: int | None = None, *, known_only: bool = True, progress: bool = True,
+    store: str | Path | None = None, settings: dict | None = None, **kwargs,
 ) -> DatasetTrace:
     """Trace `facts` (KnownFact-like: id, prompt, subject, attribute) until `n_facts` are traced.
 
     With known_only, a fact is traced only if the model's greedy next token is the attribute's first token.
-    kwargs go to `trace_fact`.
+    With `store`, each traced fact is written there as `<id>.npz` the moment it is done and read back on a
+    later call, so a killed run resumes; `settings` (plus kwargs) are kept in `settings.json` there and a
+    store made with other settings is refused. kwargs go to `trace_fact`.
     """
     from tqdm.auto import tqdm
 
     if n_facts is not None and n_facts < 1:
         raise TraceError(f"n_facts must be >= 1, got {n_facts}")
     kwargs.setdefault("embed_std", embedding_std(model))
+    folder = _open_store(store, {**(settings or {}), **{k: v for k, v in kwargs.items() if k != "embed_std"}})
     results, skipped, seen = [], [], 0
     bar = tqdm(total=n_facts or len(facts), disable=not progress, desc="tracing", unit="fact")
     for fact in facts:
         if n_facts is not None and len(results) >= n_facts:
             break
         seen += 1
+        done = folder / f"{fact.id}.npz" if folder else None
+        if done is not None and done.exists():
+            try:
+                results.append(TraceResult.load(done))
+                bar.update(1)
+                continue
+            except Exception as err:  # a damaged file is traced again, not trusted
+                print(f"re-tracing fact {fact.id}: unreadable {done.name} ({err})")
         try:
             r = answer_ids(model.tokenizer, fact.prompt, fact.attribute)[0]
             subject_span(model.tokenizer, fact.prompt, fact.subject)
@@ -502,6 +579,25 @@ def trace_dataset(
             skipped.append((fact.id, f"not known: greedy {model.tokenizer.decode([g])!r} != {fact.attribute!r}"))
             continue
         results.append(trace_fact(model, fact.prompt, fact.subject, fact.attribute, **kwargs))
+        if done is not None:
+            results[-1].save(done)
         bar.update(1)
     bar.close()
     return DatasetTrace(results, seen, skipped)
+
+
+def _open_store(store: str | Path | None, settings: dict) -> Path | None:
+    if store is None:
+        return None
+    folder = Path(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(json.dumps(settings, default=str))
+    path = folder / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
+            raise TraceError(f"{folder} holds facts traced with other settings {diff} (stored, now); use another folder")
+    else:
+        path.write_text(json.dumps(settings, indent=1))
+    return folder

@@ -22,6 +22,10 @@ def add_arguments(p) -> None:
     p.add_argument("--noise-scale", type=float, default=3.0, help="noise std in units of the embedding std")
     p.add_argument("--window", type=int, default=10, help="layers restored together by the *_window kinds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", default=None, help="comma-separated restoration kinds to trace "
+                   "(resid, attn, mlp, attn_window, mlp_window; default: all)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="bfloat16 runs about 2x faster on CPUs with bf16 units; float32 is exact")
     p.add_argument("--single", action="store_true", help="choose layers/alpha from single-layer curves, not windows")
     p.add_argument("--attn-width", type=int, default=3, help="number of consecutive critical attention layers")
     p.add_argument("--mlp-width", type=int, default=5, help="number of consecutive critical MLP layers")
@@ -47,9 +51,15 @@ def run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
     t0 = time.time()
-    model = load_model(args.model, device=args.device)
-    trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples, noise_scale=args.noise_scale,
-                          window=args.window, seed=args.seed)
+    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
+        trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples, noise_scale=args.noise_scale,
+                              window=args.window, seed=args.seed, kinds=kinds, store=out / "facts",
+                              settings={"model": args.model, "dtype": args.dtype})
+    except TraceError as err:
+        print(f"intattn trace: {err}", file=sys.stderr)
+        return 2
     results = trace.results
     print(f"traced {len(results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in {time.time() - t0:.0f}s")
     if not results:
@@ -60,7 +70,7 @@ def run(args) -> int:
         print(f"warning: only {len(results)} known facts found, fewer than --facts {args.facts}", file=sys.stderr)
 
     ld, prob = aggregate(results, "ld"), aggregate(results, "prob")
-    arrays = {"kinds": np.array(KINDS), "classes": np.array(CLASSES)}
+    arrays = {"kinds": np.array(kinds), "classes": np.array(CLASSES)}
     for name, agg in (("ld", ld), ("prob", prob)):
         arrays.update({f"{name}_{k}": v for k, v in agg.items()})
     for i, r in enumerate(results):
@@ -76,7 +86,7 @@ def run(args) -> int:
     with (out / "effects.csv").open("w") as f:
         f.write("metric,kind,layer,token_class,mean,se,count\n")
         for name, agg in (("ld", ld), ("prob", prob)):
-            for k, kind in enumerate(KINDS):
+            for k, kind in enumerate(kinds):
                 for layer in range(agg["mean"].shape[1]):
                     for c, cls in enumerate(CLASSES):
                         f.write(f"{name},{kind},{layer},{cls},{agg['mean'][k, layer, c]:.6g},"
@@ -85,18 +95,23 @@ def run(args) -> int:
     import matplotlib.pyplot as plt
 
     title = f"{args.model}, {len(results)} facts"
-    pair = ("attn", "mlp") if args.single else ("attn_window", "mlp_window")
-    figures = {
-        "fig1_heatmaps.png": plot_heatmaps(ld, KINDS, title=title),
-        "fig1_heatmaps_single.png": plot_heatmaps(ld, KINDS, show=("resid", "attn", "mlp"), title=title + ", single layer"),
-        "fig2_last_subject.png": plot_layer_curves(ld, prob, KINDS, pair=pair, title=title),
-    }
+    windows, singles = ("attn_window", "mlp_window"), ("attn", "mlp")
+    use_window = not args.single and set(windows) <= set(kinds)
+    pair = windows if use_window else singles
+    figures = {}
+    if set(windows) <= set(kinds):
+        figures["fig1_heatmaps.png"] = plot_heatmaps(ld, kinds, title=title)
+    shown = tuple(k for k in ("resid", "attn", "mlp") if k in kinds)
+    if shown:
+        figures["fig1_heatmaps_single.png"] = plot_heatmaps(ld, kinds, show=shown, title=title + ", single layer")
+    if set(pair) <= set(kinds):
+        figures["fig2_last_subject.png"] = plot_layer_curves(ld, prob, kinds, pair=pair, title=title)
     for name, fig in figures.items():
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
 
     try:
-        summary = summarize(results, attn_width=args.attn_width, mlp_width=args.mlp_width, window=not args.single,
+        summary = summarize(results, attn_width=args.attn_width, mlp_width=args.mlp_width, window=use_window,
                             attn_layers=_layers(args.attn_layers), mlp_layers=_layers(args.mlp_layers))
     except TraceError as err:
         print(f"intattn trace: no alpha/layers file written: {err} (arrays and figures are in {out})", file=sys.stderr)
@@ -104,8 +119,8 @@ def run(args) -> int:
     record = {
         "model": args.model, "alpha": round(summary["alpha"], 4), "mlp_layers": summary["mlp_layers"],
         "attn_layers": summary["attn_layers"], "n_facts": len(results), "n_read": trace.seen,
-        "curve": "single layer" if args.single else f"window {args.window}",
-        "n_samples": args.samples, "noise_scale": args.noise_scale, "seed": args.seed,
+        "curve": f"window {args.window}" if use_window else "single layer",
+        "n_samples": args.samples, "dtype": args.dtype, "noise_scale": args.noise_scale, "seed": args.seed,
         "overridden": bool(args.attn_layers or args.mlp_layers),
         "ld_last_subject": {k: [round(x, 4) for x in v] for k, v in summary["curves"].items() if k != "kinds"},
         "command": command or f"intattn trace --model {args.model} --facts {args.facts} --out {args.out}",
