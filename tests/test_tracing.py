@@ -140,18 +140,32 @@ def test_alpha_arithmetic_and_layer_choice():
 
 def test_aggregate_and_summary(both, tiny):
     fast, _ = both
-    agg = aggregate([fast, fast])
+    agg = aggregate([fast, fast], min_ld_gap=-np.inf)  # keep it even if the noise did not lower LD (NaN effects)
     assert agg["mean"].shape == (len(KINDS), 4, len(CLASSES))
     last = CLASSES.index("last")
     np.testing.assert_allclose(agg["mean"][:, :, last], fast.ld_effect[:, :, -1], atol=1e-6)
     signal = not np.isnan(fast.ld_effect).all()  # a random model's noise may not lower LD at all
     assert agg["count"][0, 0, CLASSES.index("middle subject")] == (2 * 3 if signal else 0)  # 3 middle bytes, twice
     try:
-        s = summarize([fast], attn_width=2, mlp_width=1, attn_layers=[0])
+        s = summarize([fast], attn_width=2, mlp_width=1, attn_layers=[0], min_ld_gap=-np.inf)
     except TraceError as err:
         assert "undefined" in str(err)
         return
     assert s["attn_layers"] == [0] and len(s["mlp_layers"]) == 1 and 0.0 <= s["alpha"] <= 1.0
+
+
+def test_ld_average_leaves_out_facts_the_noise_barely_moves(both):
+    import dataclasses
+
+    fast, _ = both
+    strong = dataclasses.replace(fast, ld_clean=fast.ld_corrupt + 4.0)
+    weak = dataclasses.replace(fast, ld_clean=fast.ld_corrupt + 0.05)  # normalized LD x80: would swamp the mean
+    ld = aggregate([strong, weak], "ld", min_ld_gap=1.0)
+    assert ld["n_facts"] == 1
+    np.testing.assert_allclose(ld["mean"], aggregate([strong], "ld")["mean"], equal_nan=True)
+    assert aggregate([strong, weak], "prob")["n_facts"] == 2  # probabilities keep every fact
+    with pytest.raises(TraceError, match="min_ld_gap"):
+        aggregate([weak], "ld", min_ld_gap=1.0)
 
 
 def test_trace_dataset_reports_skips(tiny_llama):
@@ -186,7 +200,8 @@ def test_trace_command_writes_outputs(tmp_path, monkeypatch):
     monkeypatch.setattr("intattn_tl.tracing.greedy_token", lambda model, prompt: answer_ids(model.tokenizer, FACT[0], FACT[2])[0])
     result = tmp_path / "r.json"
     rc = main(["trace", "--model", "tiny-llama", "--facts", "2", "--out", str(tmp_path), "--samples", "2",
-               "--window", "2", "--seed", "2", "--attn-width", "1", "--mlp-width", "2", "--result-file", str(result)])
+               "--window", "2", "--seed", "2", "--attn-width", "1", "--mlp-width", "2", "--result-file", str(result),
+               "--min-ld-gap=-inf"])
     assert rc == 0
     rec = json.loads(result.read_text())
     assert rec["model"] == "tiny-llama" and rec["n_facts"] == 2 and len(rec["mlp_layers"]) == 2

@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
                    "(resid, attn, mlp, attn_window, mlp_window; default: all)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="bfloat16 runs about 2x faster on CPUs with bf16 units; float32 is exact")
+    p.add_argument("--min-ld-gap", type=float, default=1.0, help="leave facts whose corruption lowers "
+                   "logit(r) - logit(r') by less than this out of the LD averages (see balance.py)")
     p.add_argument("--single", action="store_true", help="choose layers/alpha from single-layer curves, not windows")
     p.add_argument("--attn-width", type=int, default=3, help="number of consecutive critical attention layers")
     p.add_argument("--mlp-width", type=int, default=5, help="number of consecutive critical MLP layers")
@@ -69,10 +71,12 @@ def run(args) -> int:
     if len(results) < args.facts:
         print(f"warning: only {len(results)} known facts found, fewer than --facts {args.facts}", file=sys.stderr)
 
-    ld, prob = aggregate(results, "ld"), aggregate(results, "prob")
+    ld, prob = aggregate(results, "ld", args.min_ld_gap), aggregate(results, "prob")
+    print(f"normalized-LD averages over {ld['n_facts']} facts (corruption lowers LD by >= {args.min_ld_gap}); "
+          f"probability averages over {prob['n_facts']}")
     arrays = {"kinds": np.array(kinds), "classes": np.array(CLASSES)}
     for name, agg in (("ld", ld), ("prob", prob)):
-        arrays.update({f"{name}_{k}": v for k, v in agg.items()})
+        arrays.update({f"{name}_{k}": v for k, v in agg.items() if k != "n_facts"})
     for i, r in enumerate(results):
         arrays.update({f"fact{i}_prob": r.prob, f"fact{i}_logit_diff": r.logit_diff,
                        f"fact{i}_scalars": np.array([r.p_clean, r.p_corrupt, r.ld_clean, r.ld_corrupt])})
@@ -94,7 +98,7 @@ def run(args) -> int:
 
     import matplotlib.pyplot as plt
 
-    title = f"{args.model}, {len(results)} facts"
+    title = f"{args.model}, {len(results)} facts ({ld['n_facts']} with LD drop >= {args.min_ld_gap} in LD panels)"
     windows, singles = ("attn_window", "mlp_window"), ("attn", "mlp")
     use_window = not args.single and set(windows) <= set(kinds)
     pair = windows if use_window else singles
@@ -112,13 +116,15 @@ def run(args) -> int:
 
     try:
         summary = summarize(results, attn_width=args.attn_width, mlp_width=args.mlp_width, window=use_window,
-                            attn_layers=_layers(args.attn_layers), mlp_layers=_layers(args.mlp_layers))
+                            attn_layers=_layers(args.attn_layers), mlp_layers=_layers(args.mlp_layers),
+                            min_ld_gap=args.min_ld_gap)
     except TraceError as err:
         print(f"intattn trace: no alpha/layers file written: {err} (arrays and figures are in {out})", file=sys.stderr)
         return 1
     record = {
         "model": args.model, "alpha": round(summary["alpha"], 4), "mlp_layers": summary["mlp_layers"],
         "attn_layers": summary["attn_layers"], "n_facts": len(results), "n_read": trace.seen,
+        "min_ld_gap": args.min_ld_gap, "n_facts_ld": summary["n_facts_ld"],
         "curve": f"window {args.window}" if use_window else "single layer",
         "n_samples": args.samples, "dtype": args.dtype, "noise_scale": args.noise_scale, "seed": args.seed,
         "overridden": bool(args.attn_layers or args.mlp_layers),
