@@ -148,8 +148,10 @@ class EditState:
 
 
 def edit(model: LoadedModel, records: list[EditRecord], method: str = "intattn", hparams=None,
-         state: EditState | None = None) -> EditResult:
-    """Apply `records` to `model` in place with `method`; on any error the weights are restored."""
+         state: EditState | None = None, progress: bool = False) -> EditResult:
+    """Apply `records` to `model` in place with `method`; on any error the weights are restored.
+
+    `progress` shows a bar over the records of a one-edit-at-a-time method (ROME, R-ROME, FT)."""
     m = get_method(method)
     if not records:
         raise EditError("no records to edit")
@@ -170,7 +172,9 @@ def edit(model: LoadedModel, records: list[EditRecord], method: str = "intattn",
         if m.batch:
             stats = m.run(model, records, hparams, tx, state) or {}
         else:
-            for r in records:
+            from tqdm.auto import tqdm
+
+            for r in tqdm(records, desc=f"{method} edits", unit="edit", leave=False, disable=not progress):
                 stats = m.run(model, [r], hparams, tx, state) or stats
     except BaseException as err:
         tx.rollback()

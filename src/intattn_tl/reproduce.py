@@ -80,7 +80,7 @@ def run_cell(model: LoadedModel, method: str, records, run: TableRun, ref) -> tu
         rows = evaluate(model, records, run.eval_cfg, locality_ref=ref)
         return {**summarize(rows), "edit_seconds": 0.0, "eval_seconds": time.time() - t0}, rows
     hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
-    result = edit(model, records, method=method, hparams=hp)
+    result = edit(model, records, method=method, hparams=hp, progress=run.eval_cfg.progress)
     t_edit = time.time() - t0
     try:
         rows = evaluate(model, records, run.eval_cfg, locality_ref=ref)

@@ -95,7 +95,7 @@ def run(args) -> int:
         t0 = time.time()
         state, results = EditState(), []
         for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
-            results.append(edit(model, group, args.method, hp, state))
+            results.append(edit(model, group, args.method, hp, state, progress=not args.quiet))
         t_edit = time.time() - t0
     except (EditError, HparamsError, CovarianceError, ValueError) as err:
         print(f"intattn edit: error: {err}", file=sys.stderr)
