@@ -237,23 +237,53 @@ class Suffixes:
 # ----------------------------------------------------------------------------- Gemma-3 post-norm
 
 
+def norm_gain(norm_module: nn.Module, like: Tensor) -> Float[Tensor, "d"]:
+    """g of an RMSNorm y = g * x / rms(x) (Gemma's 1 + weight included), read off a constant probe."""
+    probe = torch.full((like.shape[-1],), 1e3, dtype=like.dtype, device=like.device)
+    with torch.no_grad():
+        return norm_module(probe)  # rms(probe) = 1e3 (eps is negligible), so this is g
+
+
 def prenorm_target(norm_module: nn.Module, current_prenorm_out: Float[Tensor, "... d"],
                    desired_postnorm_out: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-    """Map a desired RMSNorm output back to an input of the norm (Gemma-3's post-feed-forward norm).
+    """The norm input whose output is closest (least squares) to a desired RMSNorm output (Gemma-3's post-norms).
 
-    RMSNorm is y = x / rms(x) * g. Any c * y/g (c > 0) normalises to y's direction; we keep the current
-    input's rms as c, so the current output maps back to the current input exactly and a desired output
-    comes back with its direction exact and its size rescaled to rms(y/g) = 1 (what the norm can emit).
+    RMSNorm emits y = g * u with u = x / rms(x), so rms(u) = 1: its outputs are a fixed-size shell, not a
+    space. We solve  min |g * u - y*|^2  s.t. mean(u^2) = 1:  u = g y* / (g^2 + mu), with mu from the
+    constraint (bisection; the constraint is decreasing in mu above -min g^2). When y* can be emitted
+    exactly (e.g. y* = the current output) mu = 0 and the current input comes back. Dividing y* by g
+    instead would blow up channels with small gains and, through the rms, shrink every other channel
+    (on Gemma-3 that made MEMIT's residual grow layer after layer). Channels with zero gain keep their
+    current value; the input keeps the current rms (the norm ignores scale).
     """
-    d = current_prenorm_out.shape[-1]
-    probe = torch.full((d,), 1e3, dtype=current_prenorm_out.dtype, device=current_prenorm_out.device)
-    with torch.no_grad():
-        gain = norm_module(probe)  # rms(probe) = 1e3 (eps is negligible), so this is g
-    if gain.abs().min() < 1e-6:
-        raise TargetError("post-norm gain has a zero component; the target cannot be mapped through the norm")
+    x, want = current_prenorm_out.double(), desired_postnorm_out.double()
+    g = norm_gain(norm_module, x)
+    live = g.abs() > 1e-6
+    if not live.any():
+        raise TargetError("post-norm gain is zero everywhere; the target cannot be mapped through the norm")
+    d = x.shape[-1]
     eps = getattr(norm_module, "eps", getattr(norm_module, "variance_epsilon", 1e-6))
-    rms = current_prenorm_out.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
-    return desired_postnorm_out / gain * rms
+    rms = x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
+    fixed = torch.where(live, 0.0, x / rms)  # dead channels: as they are
+    g2 = torch.where(live, g * g, 1.0)
+    num = torch.where(live, g * want, 0.0)
+
+    def size(mu):  # mean(u^2) for this mu; decreasing in mu
+        return ((num / (g2 + mu)).pow(2).sum(-1, keepdim=True) + fixed.pow(2).sum(-1, keepdim=True)) / d
+
+    floor = -g2[live].min()
+    lo = torch.full_like(rms, float(floor) * (1 - 1e-12))
+    hi = torch.ones_like(rms)
+    for _ in range(200):
+        if not (size(hi) > 1).any():
+            break
+        hi = torch.where(size(hi) > 1, hi * 2, hi)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        big = size(mid) > 1
+        lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+    u = num / (g2 + (lo + hi) / 2) + fixed
+    return (rms * u).to(current_prenorm_out.dtype)
 
 
 # ----------------------------------------------------------------------------- batching prompts

@@ -97,24 +97,20 @@ def to_module_space(model: LoadedModel, kind: str, layer: int, K: Float[Tensor, 
                     R: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
     """The change of W k that moves the module's *residual contribution* by R.
 
-    Llama-style: the same R. Gemma-3 adds norm(v) = g * v / rms(v), v = W k, to the residual. RMSNorm is
-    scale-invariant, so the wanted output o + R maps back to v* = rms(v) * (o + R) / g (the current scale
-    kept): the direction comes out exact, the size off by rms((o + R)/g) = 1 + O(|R|/|o|) - the norm can
-    emit nothing else - and the next layers' residual recomputation absorbs the rest. Channels whose gain
-    is 0 (real Gemma-3 weights have some) cannot be steered: they keep their current value.
+    Llama-style: the same R. Gemma-3 adds norm(v), v = W k, to the residual; an RMSNorm can only emit
+    outputs of a fixed size per direction, so v* is the norm input whose output is closest to
+    norm(v) + R (targets.prenorm_target, least squares); the next layers' residual recomputation absorbs
+    what the norm could not emit. Channels whose gain is 0 (real Gemma-3 weights have some) keep their value.
     """
     if not model.spec.post_norm:
         return R
+    from ..targets import prenorm_target
+
     norm = (model.spec.post_mlp_norms if kind == "w_out" else model.spec.post_attn_norms)[layer]
     W = getattr(model.spec, kind)[layer]
     with torch.no_grad():
         v = K.to(W.dtype) @ W.T
-        g = norm(torch.full((1, v.shape[-1]), 1e3, dtype=v.dtype, device=v.device))[0]  # rms(probe)=1e3: g
-        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6))
-        rms = v.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
-        live = g.abs() > 1e-6
-        want = (norm(v) + R.to(v.dtype)) / torch.where(live, g, torch.ones_like(g))
-        return rms * torch.where(live, want, v / rms) - v
+        return prenorm_target(norm, v, norm(v) + R.to(v.dtype)) - v
 
 
 Solver = Callable[[int, Tensor, Tensor], Tensor]  # (layer, R [d_out, n], K [d_in, n]) -> delta
