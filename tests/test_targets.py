@@ -7,8 +7,8 @@ import torch
 
 from intattn_tl.data import EditRecord
 from intattn_tl.targets import (
-    TargetError, TargetHparams, _cache_path, logits_from, optimize_deltas, prenorm_target, residual_at,
-    target_deltas,
+    Suffixes, TargetError, TargetHparams, _batch, _cache_path, hidden_from, logits_from, optimize_deltas,
+    prenorm_target, residual_at, target_deltas,
 )
 from intattn_tl.tokens import answer_ids, prompt_ids
 
@@ -45,6 +45,31 @@ def test_partial_forward_equals_bridge_with_hook(request, name, layer, t):
         plain = model.bridge(ids)
     assert (full - plain).abs().max() > 1e-3  # the delta matters, so equality below is a real check
     torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_suffixes_equal_full_forward_for_mixed_lengths(request, name):
+    # rows whose suffixes (last subject token .. end) have different lengths run in separate groups
+    model = request.getfixturevalue(name)
+    records = [FACT, EditRecord(id="b", prompt="Bobo, who was born long ago in a far town, plays the",
+                                subject="Bobo", target_new="oboe", ground_truth=("x",))]
+    b = _batch(model, records, ["", "A long prefix to shift the positions of everything after it. "])
+    layer = 1
+    resid = residual_at(model, b.ids, layer)
+    sf = Suffixes(model, resid, b.subject, b.length, layer)
+    suffix_len = b.length - b.subject
+    assert len(set(suffix_len.tolist())) > 2
+    rows = torch.tensor([0, 2, 3, 5])
+    add = torch.randn(len(rows), model.spec.d_model, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        part = sf.hidden(rows, add)
+        moved = resid[rows].clone()
+        moved[torch.arange(len(rows)), b.subject[rows]] += add
+        full = hidden_from(model, moved, layer)
+    for i, r in enumerate(rows.tolist()):
+        n, s = int(suffix_len[r]), int(b.subject[r])
+        torch.testing.assert_close(part[i, :n], full[i, s: s + n], atol=1e-5, rtol=1e-5)
+        assert (part[i, n:] == 0).all()
 
 
 def _target_nll(model, record, layer, delta) -> list[float]:

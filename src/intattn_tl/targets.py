@@ -227,11 +227,25 @@ class Suffixes:
         return self.inner.norm(h)
 
     def hidden(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"]) -> Float[Tensor, "r S d"]:
-        """Final-normed hidden states of the suffixes of `rows`, with `add` added at each row's start."""
+        """Final-normed hidden states of the suffixes of `rows`, with `add` added at each row's start
+        (zeros past a row's end).
+
+        Suffix lengths vary a lot (2 to 24 tokens on WikiData_counterfact, mean 5.5), so one padded batch
+        would spend most of its matmuls on padding: rows run in groups of equal length instead."""
+        length = self.real[rows].sum(1)
+        out = add.new_zeros(len(rows), self.S, add.shape[-1])
+        for s in torch.unique(length).tolist():
+            idx = torch.nonzero(length == s)[:, 0]
+            out[idx, :s] = self._suffix_hidden(rows[idx], add[idx], s)
+        return out
+
+    def _suffix_hidden(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"], s: int) -> Float[Tensor, "r s d"]:
+        """`hidden` for rows whose suffixes all have length s: the first s suffix positions, no padding."""
         self.cache.rows = rows
-        h = self.suffix[rows].index_put((torch.arange(len(rows), device=add.device), torch.zeros_like(rows)),
-                                        add, accumulate=True)
-        return self._run(h, self.pos[rows], {k: m[rows] for k, m in self.masks.items()})
+        h = self.suffix[rows, :s].index_put((torch.arange(len(rows), device=add.device), torch.zeros_like(rows)),
+                                            add, accumulate=True)
+        keys = self.masks["full_attention"].shape[-1] - self.S + s  # [fixed keys, the first s suffix keys]
+        return self._run(h, self.pos[rows, :s], {k: m[rows, :, :s, :keys] for k, m in self.masks.items()})
 
 
 # ----------------------------------------------------------------------------- Gemma-3 post-norm
