@@ -38,6 +38,14 @@ def test_table_runs_resumes_and_marks(tmp_path):
     run_table(run)
     assert (folder / "cells" / "memit-T2.json").stat().st_mtime_ns == stamp
     assert (folder / "cells" / "intattn-T3.json").exists()
+    # a later run of one method at a new size adds to the table; earlier cells stay in it
+    more = TableRun(table="table2", model="tiny-llama", sizes=(4,), methods=("memit",), out=tmp_path,
+                    eval_cfg=EvalConfig(fluency=False, progress=False))
+    run_table(more)
+    assert set(load_cells(more)) == set(cells) | {("pre-edit", 4), ("memit", 4)}
+    table = (folder / "table.md").read_text()
+    assert "**T = 2**" in table and "**T = 4**" in table
+    assert table.split("**T = 4**")[1].count("| IntAttn-Edit | (not run) |") == 1
 
 
 def test_unknown_method_fails_before_any_work(tmp_path):

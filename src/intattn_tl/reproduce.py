@@ -169,9 +169,14 @@ def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: s
 
 
 def write_table(run: TableRun) -> Path:
+    """table.md / table.csv from every finished cell in the folder, so a later run of a few methods or sizes
+    (`--methods memit --sizes 300`) adds to the table instead of hiding earlier cells."""
     cells = load_cells(run)
     title = f"{run.table} — {run.dataset}, {run.model}"
-    md = format_markdown(cells, run.sizes, run.methods, title)
+    done = {m for m, _ in cells} | set(run.methods)
+    methods = [m for m in METHODS if m in done] + sorted(done - set(METHODS) - {"pre-edit"})
+    sizes = sorted(set(run.sizes) | {T for _, T in cells})
+    md = format_markdown(cells, sizes, methods, title)
     (run.dir / "table.md").write_text(md + "\n")
     with (run.dir / "table.csv").open("w", newline="") as f:
         w = csv.writer(f)
