@@ -7,7 +7,7 @@ import torch
 
 from intattn_tl.data import EditRecord
 from intattn_tl.targets import (
-    Suffixes, TargetError, TargetHparams, _batch, _cache_path, hidden_from, logits_from, optimize_deltas,
+    Suffixes, TargetError, TargetHparams, _batch, _cache_path, _length_groups, hidden_from, logits_from, optimize_deltas,
     prenorm_target, residual_at, target_deltas,
 )
 from intattn_tl.tokens import answer_ids, prompt_ids
@@ -60,6 +60,7 @@ def test_suffixes_equal_full_forward_for_mixed_lengths(request, name):
     suffix_len = b.length - b.subject
     assert len(set(suffix_len.tolist())) > 2
     rows = torch.tensor([0, 2, 3, 5])
+    assert len(_length_groups(suffix_len[rows].tolist())) > 1
     add = torch.randn(len(rows), model.spec.d_model, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         part = sf.hidden(rows, add)
@@ -70,6 +71,15 @@ def test_suffixes_equal_full_forward_for_mixed_lengths(request, name):
         n, s = int(suffix_len[r]), int(b.subject[r])
         torch.testing.assert_close(part[i, :n], full[i, s: s + n], atol=1e-5, rtol=1e-5)
         assert (part[i, n:] == 0).all()
+
+
+def test_length_groups_cover_every_length_once():
+    lengths = [2, 3, 3, 3, 4, 4, 5, 7, 7, 9, 10, 11, 13, 24]
+    groups = _length_groups(lengths)
+    assert [n for n in lengths if sum(lo <= n <= hi for lo, hi in groups) != 1] == []
+    assert (24, 24) in groups  # one long row is not padded into a group of short ones
+    assert _length_groups([8] * 6 + [3]) == [(3, 8)]  # one short row joins rather than costing a pass
+    assert _length_groups([1, 5], waste=0) == [(5, 5), (1, 1)]
 
 
 def _target_nll(model, record, layer, delta) -> list[float]:
