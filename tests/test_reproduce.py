@@ -30,8 +30,10 @@ def test_table_runs_resumes_and_marks(tmp_path):
     assert set(cells) == {(m, T) for m in ("pre-edit", "memit", "intattn") for T in (2, 3)}
     assert cells[("pre-edit", 2)]["locality"] == pytest.approx(100.0)
     assert cells[("memit", 3)]["n"] == 3
+    assert cells[("memit", 3)]["device"] == "cpu"  # every cell records where it ran
     table = (folder / "table.md").read_text()
     assert "**T = 3**" in table and "IntAttn-Edit" in table and "first T records" in table
+    assert "| Device |" in table and table.count(" | cpu |") == 6
     # a finished cell is not recomputed; a deleted one is
     stamp = (folder / "cells" / "memit-T2.json").stat().st_mtime_ns
     (folder / "cells" / "intattn-T3.json").unlink()

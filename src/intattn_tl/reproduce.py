@@ -108,7 +108,7 @@ def run_table(run: TableRun) -> Path:
         for method, T in bar:
             bar.set_postfix_str(f"{method} T={T}")
             summary, rows = run_cell(model, method, records[:T], run, ref)
-            summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset)
+            summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=str(model.device))
             _write_rows(out / "cells" / f"{method}-T{T}.csv", rows)
             _write_json_atomic(out / "cells" / f"{method}-T{T}.json", summary)
             if run.wandb:
@@ -145,7 +145,7 @@ def _marks(values: dict[str, float]) -> dict[str, str]:
 def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: str) -> str:
     lines = [f"### {title}", "", SEMANTICS, ""]
     for T in sizes:
-        header = ["Method", *[c[1] for c in COLUMNS], "Edit EM", "Edit s", "Eval s"]
+        header = ["Method", *[c[1] for c in COLUMNS], "Edit EM", "Edit s", "Eval s", "Device"]
         lines += [f"**T = {T}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         order = ["pre-edit", *methods]
         marks = {key: _marks({m: cells.get((m, T), {}).get(key) for m in order}) for key, _ in COLUMNS}
@@ -162,7 +162,8 @@ def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: s
                 vals.append(f"**{text}**" if mark == "bold" else f"{text}†" if mark == "dagger" else text)
             em = cell.get("edit_em")
             vals.append("n/a" if em is None else f"{em:.2f}")
-            vals += [f"{cell.get('edit_seconds', 0):.0f}", f"{cell.get('eval_seconds', 0):.0f}"]
+            vals += [f"{cell.get('edit_seconds', 0):.0f}", f"{cell.get('eval_seconds', 0):.0f}",
+                     cell.get("device", "?").split(":")[0]]  # seconds only compare on one device
             lines.append(f"| {DISPLAY.get(m, m)} | " + " | ".join(vals) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -180,7 +181,8 @@ def write_table(run: TableRun) -> Path:
     (run.dir / "table.md").write_text(md + "\n")
     with (run.dir / "table.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "T", *[k for k, _ in COLUMNS], "exact_match", "edit_seconds", "eval_seconds"])
+        w.writerow(["method", "T", *[k for k, _ in COLUMNS], "exact_match", "edit_seconds", "eval_seconds", "device"])
         for (m, T), s in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("edit_em"), s.get("edit_seconds"), s.get("eval_seconds")])
+            w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("edit_em"), s.get("edit_seconds"), s.get("eval_seconds"),
+                        s.get("device")])
     return run.dir / "table.md"
