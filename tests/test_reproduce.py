@@ -48,6 +48,14 @@ def test_table_runs_resumes_and_marks(tmp_path):
     table = (folder / "table.md").read_text()
     assert "**T = 2**" in table and "**T = 4**" in table
     assert table.split("**T = 4**")[1].count("| IntAttn-Edit | (not run) |") == 1
+    record = json.loads((folder / "run.json").read_text())
+    assert record["sizes"] == [2, 3, 4] and record["methods"] == ["memit", "intattn"]
+    # cells scored differently (here: with fluency) are refused, not mixed into the same table
+    other = TableRun(table="table2", model="tiny-llama", sizes=(2,), methods=("memit",), out=tmp_path,
+                     eval_cfg=EvalConfig(fluency=True, progress=False))
+    with pytest.raises(ValueError, match="scored with"):
+        run_table(other)
+    assert json.loads((folder / "run.json").read_text()) == record
 
 
 def test_unknown_method_fails_before_any_work(tmp_path):

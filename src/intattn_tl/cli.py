@@ -45,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     from .data import DataError
     from .models import ModelLoadError
+    from .reproduce import ReproduceError
     from .tokens import TokenError
 
     try:
         return int(args._run(args) or 0)
-    except (ModelLoadError, DataError, TokenError) as err:
+    except (ModelLoadError, DataError, TokenError, ReproduceError) as err:
         print(f"intattn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

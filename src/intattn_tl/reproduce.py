@@ -89,6 +89,35 @@ def run_cell(model: LoadedModel, method: str, records, run: TableRun, ref) -> tu
     return {**summarize(rows), "edit_seconds": t_edit, "eval_seconds": time.time() - t0 - t_edit}, rows
 
 
+class ReproduceError(ValueError):
+    """A reproduction that would mix incompatible cells into one folder."""
+
+
+# EvalConfig fields that change the numbers (batch sizes and progress bars do not)
+SCORING = ("fluency", "fluency_max_len", "fluency_top_k", "exact_match", "seed")
+
+
+def _run_record(run: TableRun, path: Path) -> dict:
+    """run.json: the union of every run into this folder. A run whose scoring differs from the folder's
+    (say a QUICK run, with 40-token fluency samples, into a full run's folder) is refused: one table, one metric."""
+    sizes, methods = set(run.sizes), set(run.methods)
+    if path.exists():
+        try:
+            prev = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            prev = {}  # a damaged run.json says nothing the cells do not
+        old = {k: prev.get("eval", {}).get(k) for k in SCORING}
+        new = {k: getattr(run.eval_cfg, k) for k in SCORING}
+        if prev.get("eval") and old != new:
+            raise ReproduceError(f"{path.parent} holds cells scored with {old}; this run scores with {new}. "
+                             "Use another --out for a different evaluation.")
+        sizes |= set(prev.get("sizes", []))
+        methods |= set(prev.get("methods", []))
+    return {"table": run.table, "dataset": run.dataset, "model": run.model, "sizes": sorted(sizes),
+            "methods": [m for m in METHODS if m in methods] + sorted(methods - set(METHODS)),
+            "semantics": SEMANTICS, "eval": vars(run.eval_cfg)}
+
+
 def run_table(run: TableRun) -> Path:
     """Run every missing cell of the table, then write table.md / table.csv. Returns the output folder."""
     out = run.dir
@@ -97,9 +126,7 @@ def run_table(run: TableRun) -> Path:
     todo = [(m, T) for m, T in cells if not (out / "cells" / f"{m}-T{T}.json").exists()]
     for m in {m for m, _ in todo} - {"pre-edit"}:
         get_method(m)  # fail early on an unknown method name
-    _write_json_atomic(out / "run.json", {"table": run.table, "dataset": run.dataset, "model": run.model,
-                                          "sizes": list(run.sizes), "methods": list(run.methods),
-                                          "semantics": SEMANTICS, "eval": vars(run.eval_cfg)})
+    _write_json_atomic(out / "run.json", _run_record(run, out / "run.json"))
     if todo:
         model = load_model(run.model, device=run.device)
         records = load_edits(run.dataset, limit=max(run.sizes))
