@@ -98,3 +98,21 @@ def test_corrupt_model_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="stop here"):
         models._load_known_hf("smollm2-135m", torch.float32)
     assert calls == ["smollm2-135m"] and not fake.exists()
+
+
+def test_tokenizer_that_splits_the_probe_differently_is_refused():
+    """transformers 5.17 built Gemma-3's GGUF tokenizer without merges; such a stack must fail loudly."""
+    from intattn_tl import models
+
+    class CharTokenizer:
+        def __call__(self, text):
+            return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
+
+    with pytest.raises(ModelLoadError, match=r"transformers>=5\.23"):
+        models._check_tokenizer("gemma3-270m", CharTokenizer())
+
+
+def test_smollm_tokenizer_matches_its_probe(smollm):
+    from intattn_tl import models
+
+    models._check_tokenizer("smollm2-135m", smollm.tokenizer)

