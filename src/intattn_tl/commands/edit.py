@@ -11,6 +11,7 @@ import yaml
 def add_arguments(p) -> None:
     from ..data import EDIT_DATASETS
     from ..models import DEFAULT_MODEL
+    from . import add_dtype_argument
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
     p.add_argument("--method", default="intattn", help="intattn, memit, alphaedit, rome, r-rome, ft (default intattn)")
@@ -27,6 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--no-eval", action="store_true", help="edit only; print no metrics table")
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
     p.add_argument("--device", default="cpu")
+    add_dtype_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -83,7 +85,7 @@ def run(args) -> int:
         if args.limit < 1:
             raise EditError(f"--limit must be >= 1, got {args.limit}")
         records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
-        model = load_model(args.model, device=args.device)
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
         hp = load_hparams(args.method, model.name, parse_overrides(args.overrides, args.alpha), path=args.hparams)
         groups = batches(records, args.batch_size)
         if not args.no_eval:

@@ -11,6 +11,7 @@ from pathlib import Path
 def add_arguments(p) -> None:
     from ..data import EDIT_DATASETS
     from ..models import DEFAULT_MODEL
+    from . import add_dtype_argument
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
     p.add_argument("--dataset", default="wiki_counterfact", choices=EDIT_DATASETS)
@@ -24,6 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless you configured W&B)")
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
     p.add_argument("--device", default="cpu")
+    add_dtype_argument(p)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -59,7 +61,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     records = load_edits(args.dataset, limit=args.limit or None, data_dir=args.data_dir)
     t0 = time.time()
-    model = load_model(args.model, device=args.device)
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     t_load = time.time() - t0
     cfg = EvalConfig(batch_size=args.batch_size, fluency=not args.no_fluency, fluency_max_len=args.fluency_len,
                      seed=args.seed, progress=not args.quiet)

@@ -6,8 +6,11 @@ import time
 
 
 def add_arguments(p) -> None:
+    from . import add_dtype_argument
+
     p.add_argument("name", nargs="?", help="load this model and print its spec (default: just list)")
     p.add_argument("--device", default="cpu")
+    add_dtype_argument(p)
 
 
 def run(args) -> int:
@@ -20,8 +23,8 @@ def run(args) -> int:
         print("...or any Hugging Face model id / local model directory")
         return 0
     t0 = time.time()
-    m = load_model(args.name, device=args.device)
+    m = load_model(args.name, device=args.device, dtype=args.dtype)
     s = m.spec
     print(f"{m.name}: loaded in {time.time() - t0:.1f}s; n_layers={s.n_layers} d_model={s.d_model} d_mlp={s.d_mlp} "
-          f"n_heads={s.n_heads} d_head={s.d_head} post_norm={s.post_norm}")
+          f"n_heads={s.n_heads} d_head={s.d_head} post_norm={s.post_norm} dtype={args.dtype}")
     return 0

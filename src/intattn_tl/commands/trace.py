@@ -14,6 +14,8 @@ def _layers(text: str | None):
 
 
 def add_arguments(p) -> None:
+    from . import add_dtype_argument
+
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--facts", type=int, default=100, help="trace this many facts the model knows (known_1000)")
     p.add_argument("--out", required=True, help="output folder")
@@ -24,8 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kinds", default=None, help="comma-separated restoration kinds to trace "
                    "(resid, attn, mlp, attn_window, mlp_window; default: all)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="bfloat16 runs about 2x faster on CPUs with bf16 units; float32 is exact")
+    add_dtype_argument(p)  # tracing computes in the model's dtype
     p.add_argument("--min-ld-gap", type=float, default=1.0, help="leave facts whose corruption lowers "
                    "logit(r) - logit(r') by less than this out of the LD averages (see balance.py)")
     p.add_argument("--single", action="store_true", help="choose layers/alpha from single-layer curves, not windows")
@@ -40,7 +41,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     import numpy as np
-    import torch
 
     from ..balance import CLASSES, aggregate, summarize
     from ..data import load_known_facts
@@ -54,7 +54,7 @@ def run(args) -> int:
     command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
     t0 = time.time()
     kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
-    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    model = load_model(args.model, device=args.device, dtype=args.dtype)
     try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
         trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples, noise_scale=args.noise_scale,
                               window=args.window, seed=args.seed, kinds=kinds, store=out / "facts",
