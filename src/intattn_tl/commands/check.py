@@ -201,7 +201,8 @@ def check_rollback(model, ids: Tensor, hashes: dict[str, str], logits: Tensor) -
                "bit-exact", not changed and same)
 
 
-def edit_checks(model, records, stats_tokens: int) -> list[Row]:
+def edit_checks(model, records, overrides: dict) -> list[Row]:
+    """`overrides` go to both methods' hyperparameters (e.g. a smaller mom2_n_samples than their YAML)."""
     from ..editing import EditState
     from ..hparams import load_hparams
 
@@ -209,8 +210,7 @@ def edit_checks(model, records, stats_tokens: int) -> list[Row]:
     with torch.no_grad():
         logits = model.bridge(ids)
     hashes = param_hashes(model)
-    fast = {"mom2_n_samples": stats_tokens}
-    memit, rome = load_hparams("memit", model.name, fast), load_hparams("rome", model.name, fast)
+    memit, rome = load_hparams("memit", model.name, overrides), load_hparams("rome", model.name, overrides)
     state = EditState()  # prefixes and statistics computed once, from the unedited weights
     rows = [guarded(name, fn, model, records, hp, state) for name, fn, hp in
             (("targets -> target_new", check_target, memit), ("ROME single edits", check_rome, rome),
@@ -223,7 +223,7 @@ def guarded(name: str, fn, *args) -> Row:
     try:
         return fn(*args)
     except Exception as err:  # noqa: BLE001  (any error is a failed check, reported in the table)
-        return Row(name, f"error: {type(err).__name__}: {str(err)[:200]}", "no error", False)
+        return Row(name, f"error: {type(err).__name__}: {str(err)[:120]}", "no error", False)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -236,12 +236,12 @@ def probe_batch(model) -> Tensor:
     return torch.tensor([s[:n] for s in seqs], device=model.device)
 
 
-def run_checks(model, records, stats_tokens: int) -> list[Row]:
+def run_checks(model, records, overrides: dict | None = None) -> list[Row]:
     ids = probe_batch(model)
     hooks, acts = check_hooks(model, ids)
     rows = [hooks, check_projection(model, acts, "w_out"), check_projection(model, acts, "w_o"),
             check_logits(model, ids), check_tokenizer(model)]
-    return rows + (edit_checks(model, records, stats_tokens) if records else [])
+    return rows + (edit_checks(model, records, overrides or {}) if records else [])
 
 
 def format_rows(rows: list[Row]) -> str:
@@ -284,7 +284,7 @@ def run(args) -> int:
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     t_load = time.time() - t0
-    rows = run_checks(model, records, args.stats_tokens)
+    rows = run_checks(model, records, {"mom2_n_samples": args.stats_tokens})
     print(f"intattn check --model {args.model} --dtype {args.dtype}: {sum(r.ok for r in rows)}/{len(rows)} passed")
     print(format_rows(rows))
     print(f"\nload {t_load:.0f}s, checks {time.time() - t0 - t_load:.0f}s; edit checks on the first {len(records)} "
