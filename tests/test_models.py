@@ -280,3 +280,14 @@ def test_smollm_tokenizer_matches_its_probe(smollm):
     from intattn_tl import models
 
     models._check_tokenizer("smollm2-135m", smollm.tokenizer)
+
+
+@pytest.mark.parametrize("model_name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
+def test_qwen_hparams_exist_for_every_method(model_name):
+    from intattn_tl.editing import METHODS, _ensure_methods_loaded
+    from intattn_tl.hparams import HPARAMS_DIR, load_hparams
+
+    _ensure_methods_loaded()
+    for method in METHODS:
+        assert (HPARAMS_DIR / method / f"{model_name}.yaml").is_file(), method
+        assert load_hparams(method, model_name).layers is None
