@@ -178,8 +178,10 @@ def check_rome(model, records, hp, state) -> Row:
     scores = []
     for r in records:
         result = edit(model, [r], "rome", hp, state)
-        scores.append(float(edit_success(model, [r])[0]))
-        result.rollback()
+        try:
+            scores.append(float(edit_success(model, [r])[0]))
+        finally:
+            result.rollback()
     mean = sum(scores) / len(scores)
     return Row(f"ROME, {len(records)} single edits (layer {hp.layer(model)})",
                f"edit success {mean:.1%} (min {min(scores):.0%})", f">= {ROME_MIN:.0%}", mean >= ROME_MIN)
@@ -190,8 +192,10 @@ def check_memit(model, records, hp, state) -> Row:
 
     before = edit_success(model, records)
     result = edit(model, records, "memit", hp, state)
-    after = edit_success(model, records)
-    result.rollback()
+    try:
+        after = edit_success(model, records)
+    finally:
+        result.rollback()
     mean = float(after.mean())
     return Row(f"MEMIT, one batch of {len(records)} (layers {hp.resolved_layers(model)})",
                f"edit success {float(before.mean()):.1%} -> {mean:.1%}", f">= {MEMIT_MIN:.0%}", mean >= MEMIT_MIN)
