@@ -296,8 +296,9 @@ def run(args) -> int:
     rows = run_checks(model, records, {"mom2_n_samples": args.stats_tokens})
     print(f"intattn check --model {args.model} --dtype {args.dtype}: {sum(r.ok for r in rows)}/{len(rows)} passed")
     print(format_rows(rows))
-    print(f"\nload {t_load:.0f}s, checks {time.time() - t0 - t_load:.0f}s; edit checks on the first {len(records)} "
-          f"WikiData_counterfact records with {args.stats_tokens}-token key statistics (the methods' YAML use more)")
+    scope = (f"edit checks on the first {len(records)} WikiData_counterfact records with {args.stats_tokens}-token "
+             "key statistics (the methods' YAML use more)" if records else "mechanics only (--records 0)")
+    print(f"\nload {t_load:.0f}s, checks {time.time() - t0 - t_load:.0f}s; {scope}")
     failed = [r.check for r in rows if not r.ok]
     if failed:
         print(f"FAILED: {'; '.join(failed)}", file=sys.stderr)
