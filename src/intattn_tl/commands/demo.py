@@ -108,15 +108,17 @@ def trace_one_fact(args, out: Path, log: _Log) -> dict:
         r.save(out / f"trace_{kind}.npz")
         pngs.append(out / f"trace_{kind}.png")
     r = results[KINDS[0]]
-    last = r.subject_span[1] - 1
-    peak = {k: int(np.nanargmax(res.ld_effect[0, :, last])) if r.ld_clean - r.ld_corrupt > 1e-6 else None
-            for k, res in results.items()}
-    log(f"fact: {prompt!r} -> {answer!r} (subject {subject!r}); clean P(answer)={r.p_clean:.3f}, "
-        f"subject corrupted {r.p_corrupt:.3f} ({args.samples} noise samples, {args.trace_dtype}, fast path)")
-    log("strongest restoration at the last subject token: "
-        + ", ".join(f"{k} at layer {v}" for k, v in peak.items() if v is not None))
+    peaks = {}  # kind -> (layer, token, normalized LD) of the strongest restoration
+    if r.ld_clean - r.ld_corrupt > 1e-6:  # else the corruption did not lower LD: no effect to show
+        for kind, res in results.items():
+            layer, t = np.unravel_index(np.nanargmax(res.ld_effect[0]), res.ld_effect[0].shape)
+            peaks[kind] = (int(layer), res.tokens[t], round(float(res.ld_effect[0, layer, t]), 3))
+    log(f"fact: {prompt!r} -> {answer!r} (subject {subject!r}); P(answer) clean {r.p_clean:.3f}, subject corrupted "
+        f"{r.p_corrupt:.3f} ({args.samples} noise samples, {args.trace_dtype}, fast path)")
+    log("strongest restoration (normalized LD): " + (", ".join(
+        f"{k} at layer {layer}, token {tok!r}: {v}" for k, (layer, tok, v) in peaks.items()) or "none (no LD drop)"))
     return {"prompt": prompt, "subject": subject, "answer": answer, "p_clean": r.p_clean, "p_corrupt": r.p_corrupt,
-            "peak_layer_last_subject": peak, "figures": [str(p) for p in pngs]}
+            "strongest": peaks, "figures": [str(p) for p in pngs]}
 
 
 def read_alpha(model, hps: dict, log: _Log) -> dict:
