@@ -21,7 +21,8 @@ METHODS = (("memit", "MEMIT"), ("intattn", "IntAttn-Edit"))
 COLUMNS = ["edit_succ", "portability", "locality", "fluency"]
 FACT = ("The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris")
 KINDS = ("attn_window", "mlp_window")  # the kinds the committed alpha comes from
-TARGET_CHUNK = 4  # records per target-optimisation call: the progress bar's step
+TARGET_CHUNK = 4  # records per target-optimisation call: the progress bar's step (each record's delta is optimised
+# and early-stopped on its own, so the chunking does not change the targets beyond float noise)
 
 
 def add_arguments(p) -> None:
