@@ -16,6 +16,7 @@ COMMANDS = {
     "edit": "apply a batch of edits with one method and print pre/post metrics",
     "reproduce": "reproduce the paper's tables and figures",
     "check": "check that the toolkit's hooks, matrices and edits work on a model before trusting its numbers",
+    "demo": "the method in miniature: trace a fact, read alpha, edit with MEMIT and IntAttn-Edit, evaluate, roll back",
 }
 
 
