@@ -7,7 +7,9 @@ import time
 
 def add_arguments(p) -> None:
     p.add_argument("name", nargs="?", help="load this model and print its spec (default: just list)")
-    p.add_argument("--device", default="cpu")
+    from ..checks import device
+
+    p.add_argument("--device", default="cpu", type=device)
 
 
 def run(args) -> int:
