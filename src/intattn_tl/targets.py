@@ -84,7 +84,11 @@ def step_scale(hp: TargetHparams, h0: Float[Tensor, "n d"]) -> Float[Tensor, "n 
 def residual_at(model: LoadedModel, ids: Int[Tensor, "b t"], layer: int) -> Float[Tensor, "b t d"]:
     """blocks.{layer}.hook_resid_post, running only the blocks up to `layer`."""
     with torch.no_grad():
-        return model.bridge(ids, stop_at_layer=layer + 1)
+        if layer + 1 < model.spec.n_layers:
+            return model.bridge(ids, stop_at_layer=layer + 1)
+        # the top layer: a run to the end returns logits (final norm + unembedding), so read the hook instead
+        _, cache = model.bridge.run_with_cache(ids, names_filter=[f"blocks.{layer}.hook_resid_post"])
+        return cache[f"blocks.{layer}.hook_resid_post"]
 
 
 def _decoder(model: LoadedModel) -> nn.Module:

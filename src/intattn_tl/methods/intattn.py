@@ -24,7 +24,7 @@ from ..hparams import tracing_result
 from ..keys import resid_post
 from ..models import LoadedModel
 from .memit import (
-    MEMITHparams, check_layers, edit_prefixes, edit_statistics, lam_solver, memit_chain, targets_at,
+    MEMITHparams, check_layers, check_target_layer, edit_prefixes, edit_statistics, lam_solver, memit_chain, targets_at,
 )
 
 
@@ -60,7 +60,7 @@ class IntAttnHparams(MEMITHparams):
 
     def validate(self, model: LoadedModel) -> None:
         super().validate(model)
-        self.resolved_attn_layers(model)
+        check_target_layer(model, self.resolved_attn_layers(model)[-1])
         if not 0.0 <= self.resolved_alpha(model) <= 1.0:
             raise EditError(f"alpha must be in [0, 1], got {self.resolved_alpha(model)}")
         if self.attn_mom2_update_weight < 0:
