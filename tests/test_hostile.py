@@ -356,3 +356,10 @@ def test_long_prompt_is_refused_before_any_forward(tiny_llama, monkeypatch, caps
     monkeypatch.setattr(tiny_llama.bridge, "run_with_hooks", lambda *a, **k: pytest.fail("a forward pass ran"))
     with pytest.raises(EditError, match="max_prompt_tokens=512"):
         edit(tiny_llama, [record], "memit", load_hparams("memit", "tiny-llama", FAST))
+
+
+def test_nan_noise_is_refused_at_the_first_fact(tiny_llama):
+    from intattn_tl.tracing import TraceError, trace_fact
+
+    with pytest.raises(TraceError, match="noise std"):
+        trace_fact(tiny_llama, "I Paris is", "Paris", "France", noise_scale=float("nan"), n_samples=2)

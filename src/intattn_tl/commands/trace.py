@@ -147,7 +147,7 @@ def run(args) -> int:
     text = json.dumps(record, indent=1)
     (out / f"{args.model}.json").write_text(text)
     targets = ([Path(args.result_file)] if args.result_file else []) + \
-        ([RESULTS_DIR / f"{args.model.replace('/', '_')}.json"] if args.install_defaults else [])
+        ([RESULTS_DIR / f"{args.model}.json"] if args.install_defaults else [])  # where hparams.tracing_result reads
     for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text + "\n")

@@ -24,7 +24,7 @@ from ..hparams import tracing_result
 from ..keys import resid_post
 from ..models import LoadedModel
 from .memit import (
-    MEMITHparams, check_layers, check_target_layer, edit_prefixes, edit_statistics, lam_solver, memit_chain, targets_at,
+    MEMITHparams, check_layers, edit_prefixes, edit_statistics, lam_solver, memit_chain, targets_at,
 )
 
 
@@ -58,9 +58,16 @@ class IntAttnHparams(MEMITHparams):
         layers = self.attn_layers if self.attn_layers is not None else default_attn_layers(model)
         return check_layers(model, layers, "attn_layers")
 
+    def target_layer(self, model: LoadedModel) -> int:
+        """z's layer: the top of the chains that get a share (alpha 0: MLPs only, alpha 1: attention only)."""
+        alpha = self.resolved_alpha(model)
+        chains = [self.resolved_attn_layers(model)] if alpha > 0 else []
+        chains += [self.resolved_layers(model)] if alpha < 1 else []
+        return max(max(layers) for layers in chains)
+
     def validate(self, model: LoadedModel) -> None:
-        super().validate(model)
-        check_target_layer(model, self.resolved_attn_layers(model)[-1])
+        super().validate(model)  # includes check_target_layer(target_layer)
+        self.resolved_attn_layers(model)
         if not 0.0 <= self.resolved_alpha(model) <= 1.0:
             raise EditError(f"alpha must be in [0, 1], got {self.resolved_alpha(model)}")
         if self.attn_mom2_update_weight < 0:

@@ -158,9 +158,13 @@ class MEMITHparams(TargetFields):
     def resolved_layers(self, model: LoadedModel) -> list[int]:
         return check_layers(model, self.layers if self.layers is not None else default_mlp_layers(model), "layers")
 
+    def target_layer(self, model: LoadedModel) -> int:
+        """The layer whose residual the target z is optimised at."""
+        return self.resolved_layers(model)[-1]
+
     def validate(self, model: LoadedModel) -> None:
         super().validate(model)
-        check_target_layer(model, self.resolved_layers(model)[-1])
+        check_target_layer(model, self.target_layer(model))
         if self.mom2_update_weight < 0:
             raise EditError(f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}")
 
