@@ -363,3 +363,14 @@ def test_nan_noise_is_refused_at_the_first_fact(tiny_llama):
 
     with pytest.raises(TraceError, match="noise std"):
         trace_fact(tiny_llama, "I Paris is", "Paris", "France", noise_scale=float("nan"), n_samples=2)
+
+
+def test_eval_refuses_long_prompts_before_evaluating(monkeypatch, capsys):
+    import intattn_tl.data as data
+
+    long = EditRecord(id="long", prompt="word " * 600 + "The Eiffel Tower is in", subject="Eiffel Tower",
+                      target_new="Rome", ground_truth=("Paris",))
+    monkeypatch.setattr(data, "load_edits", lambda *a, **k: [long])
+    monkeypatch.setattr("intattn_tl.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluation ran"))
+    assert main(["eval", "--model", "tiny-llama", "--quiet", "--no-fluency"]) == 2
+    assert "max_prompt_tokens=512" in _err(capsys)

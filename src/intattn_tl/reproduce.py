@@ -85,21 +85,13 @@ def _cell_key(method: str, T: int) -> dict:
 
 def read_cell(path: Path) -> dict:
     """A finished cell, verified (sha256 and its method/T key); a damaged one is refused, never counted."""
-    from .store import IntegrityError, read_json
+    from .store import IntegrityError, read_result
 
     method, _, T = path.stem.rpartition("-T")
     try:
-        return read_json(path, _cell_key(method, int(T)))
+        return read_result(path, _cell_key(method, int(T)), lambda c: c.get("method") == method and str(c.get("T")) == T)
     except IntegrityError as err:
-        if "no integrity record" not in err.reason:
-            raise ReproduceError(f"cell {err}; delete it to recompute the cell") from None
-    try:  # a cell written before cells carried a sha256 (the committed results): read, not verified
-        cell = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ReproduceError(f"cell {path} is unreadable ({type(err).__name__}); delete it to recompute the cell") from None
-    if not isinstance(cell, dict) or cell.get("method") != method or str(cell.get("T")) != T:
-        raise ReproduceError(f"cell {path} does not hold the {method} T={T} result; delete it to recompute the cell")
-    return cell
+        raise ReproduceError(f"cell {err}; delete it to recompute the cell") from None
 
 
 def check_resume(run: TableRun, cells: dict, settings: dict[str, dict]) -> None:

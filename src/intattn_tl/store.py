@@ -130,3 +130,26 @@ def cached(path: Path, key, what: str, reader=read_torch):
 
         print(f"[intattn] {what} cache {err}; rebuilding it", file=sys.stderr)
         return None
+
+
+def read_result(path: str | Path, key, matches) -> dict:
+    """A result file (reproduction cell, sweep point), verified. One written before results carried an
+    integrity record (the committed ones) is read unverified if `matches(obj)` says it is the right result.
+    Raises `IntegrityError`: a damaged result is never counted as done."""
+    path = Path(path)
+    try:
+        return read_json(path, key)
+    except IntegrityError as err:
+        if "no integrity record" not in err.reason:
+            raise
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise IntegrityError(path, f"unreadable ({type(err).__name__})") from None
+    try:
+        ok = isinstance(obj, dict) and matches(obj)
+    except (TypeError, ValueError):  # a field of the wrong type
+        ok = False
+    if not ok:
+        raise IntegrityError(path, f"does not hold the result for {_canon(key)}")
+    return obj

@@ -20,7 +20,7 @@ from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
 from .settings import code_version, differences, edit_settings
-from .store import IntegrityError, read_json, write_json
+from .store import IntegrityError, read_result, write_json
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
@@ -100,17 +100,9 @@ def _point_settings(model: LoadedModel, hp, dataset: str, eval_cfg: EvalConfig) 
 def _read_point(path: Path) -> dict:
     alpha = path.stem.removeprefix("alpha-")
     try:
-        return read_json(path, {"alpha": round(float(alpha), 3)})
+        return read_result(path, {"alpha": round(float(alpha), 3)}, lambda p: f"{p.get('alpha', -1):.3f}" == alpha)
     except IntegrityError as err:
-        if "no integrity record" not in err.reason:
-            raise EditError(f"sweep point {err}; delete it to recompute the point") from None
-    try:  # a point written before points carried a sha256 (the committed results): read, not verified
-        point = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise EditError(f"sweep point {path} is unreadable ({type(err).__name__}); delete it to recompute") from None
-    if not isinstance(point, dict) or f"{point.get('alpha', -1):.3f}" != alpha:
-        raise EditError(f"sweep point {path} does not hold alpha={alpha}; delete it to recompute")
-    return point
+        raise EditError(f"sweep point {err}; delete it to recompute the point") from None
 
 
 def _check_resume(done: dict, settings: dict) -> None:

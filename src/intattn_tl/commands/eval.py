@@ -11,6 +11,7 @@ from pathlib import Path
 def add_arguments(p) -> None:
     from ..checks import device, integer, out_file
     from ..data import EDIT_DATASETS
+    from ..editing import MAX_PROMPT_TOKENS
     from ..models import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
@@ -21,6 +22,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fluency-len", type=integer(lo=1), default=100, help="tokens per sampled text, prompt included")
     p.add_argument("--seed", type=integer(lo=0), default=0, help="seed of the fluency sampling")
     p.add_argument("--per-kind", action="store_true", help="also print Portability/Locality per probe kind")
+    p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
+                   help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
     p.add_argument("--out", type=out_file, help="write the per-record metrics to this CSV")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless you configured W&B)")
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
@@ -41,6 +44,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def run(args) -> int:
     from ..data import load_edits
+    from ..editing import check_lengths
     from ..evaluate import EvalConfig, evaluate, format_table, summarize
     from ..models import load_model
 
@@ -52,6 +56,7 @@ def run(args) -> int:
     t0 = time.time()
     model = load_model(args.model, device=args.device)
     t_load = time.time() - t0
+    check_lengths(model, records, args.max_prompt_tokens)
     cfg = EvalConfig(batch_size=args.batch_size, fluency=not args.no_fluency, fluency_max_len=args.fluency_len,
                      seed=args.seed, progress=not args.quiet)
     t0 = time.time()
