@@ -374,3 +374,14 @@ def test_eval_refuses_long_prompts_before_evaluating(monkeypatch, capsys):
     monkeypatch.setattr("intattn_tl.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluation ran"))
     assert main(["eval", "--model", "tiny-llama", "--quiet", "--no-fluency"]) == 2
     assert "max_prompt_tokens=512" in _err(capsys)
+
+
+def test_sweep_points_record_settings_and_refuse_other_ones(tmp_path):
+    from intattn_tl.sweep import run_sweep
+
+    folder = run_sweep("tiny-llama", "zsre", 2, (0.0,), tmp_path, EvalConfig(fluency=False, progress=False))
+    point = json.loads((folder / "points" / "alpha-0.000.json").read_text())
+    assert point["settings"]["hparams"]["layers"] and point["settings"]["code"]["package"]
+    with pytest.raises(EditError, match=r"alpha-0.000.json.*eval.fluency: False -> True"):
+        run_sweep("tiny-llama", "zsre", 2, (1.0,), tmp_path, EvalConfig(fluency=True, progress=False))
+    assert not (folder / "points" / "alpha-1.000.json").exists()
