@@ -99,7 +99,7 @@ def test_optimisation_lowers_target_loss_tiny(tiny_llama):
     # must get much likelier (the final norm bounds the logits); later tokens only see the delta through random attention, so they only
     # have to improve.
     record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
-    hp = TargetHparams(v_num_grad_steps=30, clamp_norm_factor=20.0)
+    hp = TargetHparams(v_lr=0.5, v_lr_units="absolute", v_num_grad_steps=30, clamp_norm_factor=20.0)
     delta, stats = optimize_deltas(tiny_llama, [record], 0, hp, ["", "Hi. "])
     before = _target_nll(tiny_llama, record, 0, torch.zeros(tiny_llama.spec.d_model))
     after = _target_nll(tiny_llama, record, 0, delta[0])
@@ -205,8 +205,9 @@ def test_resid_rms_step_is_absolute_step_scaled_by_the_residual(tiny_gemma):
     assert rms > 2  # a Gemma residual (sqrt(d)-scaled embeddings): the two parameterisations really differ
     rel, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05, v_lr_units="resid_rms",
                                                                       v_num_grad_steps=8), [""])
-    ab, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05 * rms, v_num_grad_steps=8), [""])
-    small, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05, v_num_grad_steps=8), [""])
+    absolute = dict(v_lr_units="absolute", v_num_grad_steps=8)
+    ab, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05 * rms, **absolute), [""])
+    small, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05, **absolute), [""])
     torch.testing.assert_close(rel, ab, atol=1e-4 * rms, rtol=1e-3)
     assert float(small.norm()) < 0.5 * float(rel.norm())
     with pytest.raises(TargetError, match="v_lr_units"):

@@ -28,8 +28,8 @@ from ..solve import solve_delta
 class TargetFields:
     """Target-value optimisation (EasyEdit names), handed to targets.TargetHparams, plus the statistics."""
 
-    v_lr: float = 0.5
-    v_lr_units: str = "absolute"  # "resid_rms": the step is v_lr * rms of the residual (targets.py)
+    v_lr: float = 0.15
+    v_lr_units: str = "resid_rms"  # Adam's step is v_lr * rms of the residual; "absolute": v_lr (targets.py)
     v_num_grad_steps: int = 25
     v_weight_decay: float = 1e-3
     clamp_norm_factor: float = 4.0
