@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import intattn_tl.reproduce  # noqa: F401  imported before `no_model` patches models.load_model,
+import intattn_tl.sweep  # noqa: F401  so their own `load_model` names are never bound to the patch
 from intattn_tl.cli import main
 from intattn_tl.data import EditRecord, load_edits
 from intattn_tl.editing import EditError, WeightTransaction, apply_saved, edit

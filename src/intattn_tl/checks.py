@@ -185,33 +185,38 @@ def device(text: str) -> str:
     return text
 
 
-def writable_dir(path: str | Path) -> Path:
-    """`path` as a folder we can write into, created if missing (API and CLI)."""
+def writable_dir(path: str | Path, create: bool = True) -> Path:
+    """`path` as a folder we can write into: created if missing (`create`), else only checked creatable."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CheckError(f"{path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise CheckError(f"cannot create folder {path}: {err.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise CheckError(f"folder {path} is not writable")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise CheckError(f"cannot create folder {path}: {err.strerror}") from None
+    base = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not base.is_dir():
+        raise CheckError(f"cannot create folder {path}: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise CheckError(f"folder {base} is not writable")
     return path
 
 
-def writable_file(path: str | Path) -> Path:
-    """`path` as a file we can write (its folder created if missing); never an existing folder."""
+def writable_file(path: str | Path, create: bool = True) -> Path:
+    """`path` as a file we can write (its folder created if missing, or only checked); never a folder."""
     path = Path(path)
     if path.is_dir() or str(path).endswith(os.sep):
         raise CheckError(f"{path} is a folder; give a file name")
-    writable_dir(path.parent)
+    writable_dir(path.parent, create)
     if path.exists() and not os.access(path, os.W_OK):
         raise CheckError(f"{path} is not writable")
     return path
 
 
-out_dir = _arg(writable_dir)
-out_file = _arg(writable_file)
+# on the command line: checked at parsing, created by the command when it writes (a refused run leaves nothing)
+out_dir = _arg(lambda text: writable_dir(text, create=False))
+out_file = _arg(lambda text: writable_file(text, create=False))
 
 
 @_arg

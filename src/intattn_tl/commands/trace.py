@@ -60,6 +60,7 @@ def run(args) -> int:
     from ..tracing import KINDS, TraceError, trace_dataset
 
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     if args.install_defaults and args.facts < INSTALL_MIN_FACTS:
         print(f"intattn trace: error: --install-defaults needs --facts >= {INSTALL_MIN_FACTS} (a smoke run never "
               f"changes the package defaults); got --facts {args.facts}", file=sys.stderr)
