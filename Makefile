@@ -42,7 +42,7 @@ test-fast: setup  ## unit tests only (no real model)
 # the settings of the committed results/tracing runs (RESULTS.md); TRACE_FLAGS= for the full float32 grid
 TRACE_FLAGS ?= --kinds attn_window,mlp_window --dtype bfloat16
 
-trace: setup  ## causal tracing over 100 known facts -> results/tracing/$(MODEL) (+ model_results/$(MODEL).json)
+trace: setup  ## causal tracing over 100 known facts -> results/tracing/$(MODEL) (TRACE_FLAGS=--install-defaults: also the package default)
 	$(BIN)/intattn trace --model $(MODEL) --facts $(if $(QUICK),3,100) --out results/tracing/$(MODEL) $(TRACE_FLAGS)
 
 reproduce-table2: setup  ## Table 2: KnowEdit WikiData_counterfact, T=100/300/500, all methods (MODEL=, QUICK=1)

@@ -10,9 +10,7 @@ from intattn_tl.cli import main
 
 
 def test_eval_help(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "--help"])
-    assert exc.value.code == 0
+    assert main(["eval", "--help"]) == 0
     out = capsys.readouterr().out
     for flag in ("--model", "--dataset", "--limit", "--wandb", "--out", "--no-fluency"):
         assert flag in out
@@ -47,9 +45,7 @@ def test_eval_bad_input_is_a_clear_error(argv, message, capsys):
 
 
 def test_eval_unknown_dataset_is_rejected(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["eval", "--dataset", "nope"])
-    assert exc.value.code == 2
+    assert main(["eval", "--dataset", "nope"]) == 2
     assert "invalid choice" in capsys.readouterr().err
 
 

@@ -54,16 +54,19 @@ def test_all_layers_in_one_pass_then_per_file_cache(tiny_llama, cache, monkeypat
 
 def test_corrupt_or_mismatched_cache_is_rebuilt(tiny_llama, cache, capsys):
     C = second_moment(tiny_llama, "w_out", 2, n_tokens=CHUNK, corpus=cache)
-    (path,) = list((cache.parent / "cache" / "second_moments").rglob("*w_out-2.pt"))
+    (path,) = list((cache.parent / "cache" / "second_moments").rglob("*w_out-2.v*.pt"))
     path.write_bytes(b"not a torch file")
     assert torch.equal(second_moment(tiny_llama, "w_out", 2, n_tokens=CHUNK, corpus=cache), C)
     assert "unreadable" in capsys.readouterr().err
     blob = torch.load(path, weights_only=True)
-    blob["mom2"] = blob["mom2"] * 2
-    blob["meta"]["layer"] = 3  # a file for another layer under this name: refused, rebuilt
-    torch.save(blob, path)
+    torch.save({**blob, "data": {**blob["data"], "mom2": blob["data"]["mom2"] * 2}}, path)  # altered content
     assert torch.equal(second_moment(tiny_llama, "w_out", 2, n_tokens=CHUNK, corpus=cache), C)
-    assert "does not match" in capsys.readouterr().err
+    assert "does not match its sha256" in capsys.readouterr().err
+    layer3 = second_moment(tiny_llama, "w_out", 3, n_tokens=CHUNK, corpus=cache)
+    (path3,) = list((cache.parent / "cache" / "second_moments").rglob("*w_out-3.v*.pt"))
+    path3.write_bytes(path.read_bytes())  # a file for another layer under this name: refused, rebuilt
+    assert torch.equal(second_moment(tiny_llama, "w_out", 3, n_tokens=CHUNK, corpus=cache), layer3)
+    assert "made for" in capsys.readouterr().err
 
 
 def test_cache_key_covers_corpus_and_count(tiny_llama, cache, tmp_path):

@@ -58,7 +58,7 @@ def test_demo_writes_everything_and_restores_the_weights(tmp_path, capsys, monke
     assert summary["metrics"][0]["locality"] == pytest.approx(100.0)
     assert all(e["restored_bit_exact"] for e in summary["edits"].values())
     assert summary["alpha"]["source"] is None and summary["alpha"]["used"]["alpha"] == pytest.approx(0.3)
-    assert list((tmp_path / "cache").glob("targets/*/*.pt")), "the targets were cached for both editors"
+    assert list((tmp_path / "cache").glob("targets-v2/*/*.pt")), "the targets were cached for both editors"
 
 
 @pytest.mark.parametrize("extra, message", [

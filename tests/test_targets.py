@@ -129,15 +129,16 @@ def test_batched_equals_one_by_one(tiny_llama):
 def test_cache_hit_identical_and_corrupt_file_recomputed(tiny_llama, cache):
     hp = TargetHparams(v_num_grad_steps=5)
     first = target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""])
-    files = list((cache / "targets").rglob("*.pt"))
+    files = list((cache / "targets-v2").rglob("*.pt"))
     assert len(files) == 1
     assert torch.equal(target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""]), first)  # hit: identical
-    torch.save(torch.full_like(first[0], 7.0), files[0])  # a hit returns the file's tensor, not a recomputation
-    assert torch.equal(target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""])[0], torch.full_like(first[0], 7.0))
+    blob = torch.load(files[0], weights_only=True)
+    torch.save({**blob, "data": torch.full_like(first[0], 7.0)}, files[0])  # altered content: not trusted
+    assert torch.equal(target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""]), first)
     files[0].write_bytes(b"not a torch file")  # corrupt: recomputed and rewritten
     again = target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""])
     assert torch.equal(again, first)
-    assert torch.equal(torch.load(files[0], weights_only=True), first[0])
+    assert torch.equal(torch.load(files[0], weights_only=True)["data"], first[0])
     # the key covers hyperparameters and layer
     assert _cache_path("f", FACT, 1, hp, [""]) != _cache_path("f", FACT, 1, TargetHparams(v_num_grad_steps=6), [""])
     assert _cache_path("f", FACT, 1, hp, [""]) != _cache_path("f", FACT, 2, hp, [""])

@@ -38,23 +38,46 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if wanted in (None, name):
             mod.add_arguments(p)
+            p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
         p.set_defaults(_run=mod.run)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
+def user_errors() -> tuple[type, ...]:
+    """Errors that mean "this input cannot be used": one line on stderr and exit code 2, never a traceback."""
+    from .checks import CheckError
+    from .covariance import CovarianceError
     from .data import DataError
+    from .editing import EditError
+    from .hparams import HparamsError
     from .models import ModelLoadError
     from .reproduce import ReproduceError
+    from .store import IntegrityError
+    from .targets import TargetError
     from .tokens import TokenError
+    from .tracing import TraceError
 
+    return (CheckError, CovarianceError, DataError, EditError, HparamsError, ModelLoadError, ReproduceError,
+            IntegrityError, TargetError, TokenError, TraceError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = build_parser(argv).parse_args(argv)
+    except SystemExit as done:  # argparse: --help (0) or a bad value (one `error:` line, 2)
+        return int(done.code or 0)
     try:
         return int(args._run(args) or 0)
-    except (ModelLoadError, DataError, TokenError, ReproduceError) as err:
-        print(f"intattn {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if getattr(args, "debug", False):
+            raise
+        if isinstance(err, user_errors()):
+            print(f"intattn {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        print(f"intattn {args.command}: internal error: {type(err).__name__}: {err} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

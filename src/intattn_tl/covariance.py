@@ -19,14 +19,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .data import FILES
 from .keys import _flat, key_site
 from .models import LoadedModel, weights_fingerprint
 from .paths import cache_dir
+from .store import cached, write_torch
 
 Kind = Literal["w_out", "w_o"]
 CHUNK = 128  # tokens per text chunk (plus BOS where the tokenizer adds one)
 BATCH = 8  # chunks per forward
-FORMAT = 1  # bump when the file layout changes
+FORMAT = 2  # bump when the file layout changes
 
 
 class CovarianceError(RuntimeError):
@@ -45,7 +47,10 @@ def corpus_source(corpus=None) -> tuple[str, list[str]]:
         if not path.is_file():
             raise CovarianceError(f"corpus file {path} not found")
         data = path.read_bytes()
-        return f"file-{hashlib.sha256(data).hexdigest()[:16]}", [data.decode("utf-8", errors="replace")]
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == FILES["wikitext2"].sha256:  # the benchmark corpus wherever it lives (--data-dir): one key
+            return "wikitext2", [data.decode("utf-8")]
+        return f"file-{digest[:16]}", [data.decode("utf-8", errors="replace")]
     if hasattr(corpus, "column_names") and hasattr(corpus, "_fingerprint"):
         column = "text" if "text" in corpus.column_names else None
         if column is None:
@@ -70,7 +75,8 @@ def token_chunks(tokenizer, texts: list[str], n_tokens: int) -> Tensor:
 
 def _path(model: LoadedModel, fingerprint: str, corpus_key: str, n_tokens: int, kind: Kind, layer: int) -> Path:
     name = model.name.replace("/", "_")
-    return cache_dir() / "second_moments" / f"{name}-{fingerprint}" / f"{corpus_key}-n{n_tokens}-c{CHUNK}-{kind}-{layer}.pt"
+    return (cache_dir() / "second_moments" / f"{name}-{fingerprint}"
+            / f"{corpus_key}-n{n_tokens}-c{CHUNK}-{kind}-{layer}.v{FORMAT}.pt")
 
 
 def _meta(model, fingerprint, corpus_key, n_tokens, kind, layer) -> dict:
@@ -80,18 +86,13 @@ def _meta(model, fingerprint, corpus_key, n_tokens, kind, layer) -> dict:
 
 def _load(path: Path, meta: dict, d: int) -> Tensor | None:
     """The cached E[k k^T], or None (with a note) if the file is missing, corrupt or for something else."""
-    if not path.exists():
+    blob = cached(path, meta, "second-moment")
+    if blob is None:
         return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        mom2 = blob["mom2"]
-        ok = (blob["meta"] == meta and mom2.dtype == torch.float64 and mom2.shape == (d, d)
-              and bool(torch.isfinite(mom2).all()) and blob["count"] > 0)
-    except Exception as err:  # unreadable: rebuilt below, never trusted
-        ok, mom2 = False, None
-        print(f"[intattn] second-moment cache {path.name} unreadable ({type(err).__name__}); recomputing", file=sys.stderr)
-    if not ok:
-        print(f"[intattn] second-moment cache {path.name} does not match; recomputing", file=sys.stderr)
+    mom2 = blob.get("mom2") if isinstance(blob, dict) else None
+    if not (isinstance(mom2, Tensor) and mom2.dtype == torch.float64 and mom2.shape == (d, d)
+            and bool(torch.isfinite(mom2).all()) and blob.get("count", 0) > 0):
+        print(f"[intattn] second-moment cache {path} holds no valid [{d}, {d}] matrix; rebuilding it", file=sys.stderr)
         return None
     return mom2
 
@@ -149,12 +150,9 @@ def second_moments(model: LoadedModel, sites: list[tuple[Kind, int]], n_tokens: 
         sums, count = _accumulate(model, missing, token_chunks(model.tokenizer, texts, n_tokens), progress)
         for site, total in sums.items():
             mom2 = total / count
-            path = _path(model, fp, corpus_key, n_tokens, *site)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save({"meta": _meta(model, fp, corpus_key, n_tokens, *site), "mom2": mom2, "count": count,
-                        "seconds": time.time() - t0}, tmp)
-            tmp.replace(path)
+            write_torch(_path(model, fp, corpus_key, n_tokens, *site),
+                        {"mom2": mom2, "count": count, "seconds": time.time() - t0},
+                        _meta(model, fp, corpus_key, n_tokens, *site))
             out[site] = mom2
     return {site: out[site] for site in sites}
 

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .checks import check_limit
 from .paths import data_dir
 
 
@@ -182,9 +183,11 @@ def _knowedit(name: str, raw: list[dict]) -> list[EditRecord]:
 
 def load_edits(name: str, limit: int | None = None, data_dir: str | Path | None = None,
                skip_invalid: bool = False) -> list[EditRecord]:
-    """Edit requests of `zsre`, `wiki_counterfact` or `counterfact` (the first `limit` records)."""
+    """Edit requests of `zsre`, `wiki_counterfact` or `counterfact`: the first `limit` records (None or 0: all;
+    every loader here reads limits the same way, `checks.check_limit`)."""
     if name not in EDIT_DATASETS:
         raise DataError(f"{name!r} is not an edit benchmark; choose one of {', '.join(EDIT_DATASETS)}")
+    limit = check_limit(limit)
     raw = _read_json(name, data_dir)
     if name == "counterfact":
         records = [EditRecord(
@@ -198,12 +201,14 @@ def load_edits(name: str, limit: int | None = None, data_dir: str | Path | None 
 
 
 def load_known_facts(limit: int | None = None, data_dir: str | Path | None = None) -> list[KnownFact]:
+    limit = check_limit(limit)
     raw = _read_json("known_1000", data_dir)
     facts = [KnownFact(str(r["known_id"]), r["prompt"], r["subject"], r["attribute"], r["relation_id"]) for r in raw]
     return facts[:limit] if limit is not None else facts
 
 
 def load_mquake(limit: int | None = None, data_dir: str | Path | None = None) -> list[MQuAKECase]:
+    limit = check_limit(limit)
     raw = _read_json("mquake_hard", data_dir)
     cases = []
     for r in raw[:limit] if limit is not None else raw:
@@ -227,6 +232,7 @@ def load_hub_knowedit(name: str, limit: int | None = None) -> list[EditRecord]:
     """KnowEdit from the Hugging Face hub (needs network); same records as the local files."""
     from huggingface_hub import hf_hub_download
 
+    limit = check_limit(limit)
     repo, filename = HUB_NAMES[name]
     try:
         path = hf_hub_download(repo, filename, repo_type="dataset")

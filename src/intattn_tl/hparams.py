@@ -26,14 +26,30 @@ def tracing_result(model_name: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _read_yaml(file: Path) -> dict:
+    if file.is_dir():
+        raise HparamsError(f"hyperparameter file {file} is a folder; give a YAML file")
+    try:
+        values = yaml.safe_load(file.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise HparamsError(f"cannot read hyperparameter file {file}: {' '.join(str(err).split())}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise HparamsError(f"hyperparameter file {file} must hold a mapping of field: value, not a {type(values).__name__}")
+    return values
+
+
 def load_hparams(method: str, model_name: str, overrides: dict | None = None, path: str | Path | None = None):
+    """The method's dataclass from YAML + overrides, every value checked against the field types first."""
+    from .checks import CheckError, coerce_fields
     from .editing import get_method
 
     cls = get_method(method).hparams_cls
     file = Path(path) if path else HPARAMS_DIR / method / f"{model_name}.yaml"
     values: dict = {}
     if file.exists():
-        values = yaml.safe_load(file.read_text()) or {}
+        values = _read_yaml(file)
         declared = values.pop("model_name", None)
         if declared is not None and declared != model_name:
             raise HparamsError(f"{file} holds hyperparameters for {declared!r}, not {model_name!r}")
@@ -44,4 +60,7 @@ def load_hparams(method: str, model_name: str, overrides: dict | None = None, pa
     unknown = set(values) - names
     if unknown:
         raise HparamsError(f"unknown {method} hyperparameter(s) {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**values)
+    try:
+        return cls(**coerce_fields(cls, values, f" (from {file.name} / overrides)" if file.exists() else ""))
+    except CheckError as err:
+        raise HparamsError(f"{method}: {err}") from None

@@ -2,17 +2,17 @@
 
 MEMIT averages keys and optimises target values over several random contexts so an edit does not hinge
 on the prompt starting the text. We generate them once per model (greedy-free sampling, seeded) and keep
-them on disk keyed by the model's weights — never in a process-wide cache.
+them on disk keyed by the model's weights (key and sha256 inside the file, store.py) — never in a
+process-wide cache.
 """
 
 from __future__ import annotations
-
-import json
 
 import torch
 
 from .models import LoadedModel, weights_fingerprint
 from .paths import cache_dir
+from .store import cached, read_json, write_json
 
 # MEMIT's recipe: 5 prefixes of ~10 tokens, each starting from a common word.
 STARTS = ("The", "Therefore", "Because", "I", "You")
@@ -42,17 +42,12 @@ def context_prefixes(model: LoadedModel, n_tokens: int = 10, seed: int = 0, fing
     `fingerprint`: the caller's `weights_fingerprint(model)`, if it has one (saves recomputing it).
     """
     fingerprint = fingerprint or weights_fingerprint(model)
-    path = cache_dir() / "prefixes" / f"{model.name.replace('/', '_')}-{fingerprint}-{n_tokens}-{seed}.json"
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-            if isinstance(cached, list) and all(isinstance(p, str) for p in cached):
-                return cached
-        except json.JSONDecodeError:
-            pass  # corrupt cache: regenerate below
+    name = model.name.replace('/', '_')
+    path = cache_dir() / "prefixes-v2" / f"{name}-{fingerprint}-{n_tokens}-{seed}.json"
+    key = {"model": model.name, "weights": fingerprint, "n_tokens": n_tokens, "seed": seed, "starts": list(STARTS)}
+    got = cached(path, key, "prefix", reader=read_json)
+    if got is not None and isinstance(got.get("prefixes"), list) and all(isinstance(p, str) for p in got["prefixes"]):
+        return got["prefixes"]
     prefixes = [""] + generate_prefixes(model, n_tokens, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(prefixes))
-    tmp.replace(path)
+    write_json(path, {"prefixes": prefixes}, key)
     return prefixes

@@ -24,6 +24,7 @@ from .editing import edit, get_method
 from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
+from .store import write_json
 
 METHODS = ("ft", "rome", "r-rome", "memit", "alphaedit", "intattn")
 DISPLAY = {"pre-edit": "Pre-edit", "ft": "FT", "rome": "ROME", "r-rome": "R-ROME", "memit": "MEMIT",
@@ -61,6 +62,50 @@ def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=str))
     tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------- a cell's settings, verified cells
+
+
+def cell_settings(run: TableRun, method: str, model: LoadedModel) -> dict:
+    """What decides a cell's numbers besides T: the method's resolved hyperparameters (α and layers written
+    out), the dataset and the scoring. Stored in every cell; a resume must match it."""
+    from .settings import edit_settings
+
+    scoring = {k: getattr(run.eval_cfg, k) for k in SCORING}
+    if method == "pre-edit":
+        return {"method": method, "model": run.model, "dataset": run.dataset, "eval": scoring}
+    hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
+    return {**edit_settings(method, hp, model), "dataset": run.dataset, "eval": scoring}
+
+
+def _cell_key(method: str, T: int) -> dict:
+    return {"method": method, "T": T}
+
+
+def read_cell(path: Path) -> dict:
+    """A finished cell, verified (sha256 and its method/T key); a damaged one is refused, never counted."""
+    from .store import IntegrityError, read_result
+
+    method, _, T = path.stem.rpartition("-T")
+    try:
+        return read_result(path, _cell_key(method, int(T)), lambda c: c.get("method") == method and str(c.get("T")) == T)
+    except IntegrityError as err:
+        raise ReproduceError(f"cell {err}; delete it to recompute the cell") from None
+
+
+def check_resume(run: TableRun, cells: dict, settings: dict[str, dict]) -> None:
+    """Refuse to add cells to a folder whose cells of the same method were made with other settings."""
+    from .settings import differences
+
+    for (method, T), cell in sorted(cells.items()):
+        old, new = cell.get("settings"), settings.get(method)
+        if old is None or new is None:
+            continue  # made before settings were recorded, or a method this run does not touch
+        diff = differences({k: v for k, v in old.items() if k != "code"}, json.loads(json.dumps(new, default=str)))
+        if diff:
+            raise ReproduceError(f"{run.dir / 'cells' / f'{method}-T{T}.json'} was made with other settings than this "
+                                 f"run's: {'; '.join(diff)}. Use another --out, or the same settings.")
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
@@ -118,26 +163,50 @@ def _run_record(run: TableRun, path: Path) -> dict:
             "semantics": SEMANTICS, "eval": vars(run.eval_cfg)}
 
 
+def _check_run(run: TableRun) -> None:
+    from .checks import CheckError, check_int, writable_dir
+
+    if run.table not in TABLES:
+        raise ReproduceError(f"unknown table {run.table!r}; choose from {', '.join(TABLES)}")
+    try:
+        if not run.sizes:
+            raise CheckError("sizes must name at least one batch size T")
+        for T in run.sizes:
+            check_int("each size T", T, lo=1)
+        writable_dir(run.dir / "cells")
+    except CheckError as err:
+        raise ReproduceError(str(err)) from None
+    for m in run.methods:
+        get_method(m)  # an unknown method name fails here, before any work
+
+
 def run_table(run: TableRun) -> Path:
     """Run every missing cell of the table, then write table.md / table.csv. Returns the output folder."""
+    from .editing import check_hparams
+    from .settings import code_version
+
+    _check_run(run)
     out = run.dir
-    (out / "cells").mkdir(parents=True, exist_ok=True)
+    done = load_cells(run)  # every finished cell verified first: a damaged one stops the run here
     cells = [("pre-edit", T) for T in run.sizes] + [(m, T) for m in run.methods for T in run.sizes]
-    todo = [(m, T) for m, T in cells if not (out / "cells" / f"{m}-T{T}.json").exists()]
-    for m in {m for m, _ in todo} - {"pre-edit"}:
-        get_method(m)  # fail early on an unknown method name
+    todo = [(m, T) for m, T in cells if (m, T) not in done]
     _write_json_atomic(out / "run.json", _run_record(run, out / "run.json"))
     if todo:
         model = load_model(run.model, device=run.device)
+        for m in run.methods:  # every method's hyperparameters checked before the first cell runs
+            check_hparams(m, load_hparams(m, model.name, run.hparam_overrides.get(m)), model)
+        settings = {m: cell_settings(run, m, model) for m in {"pre-edit", *run.methods}}
+        check_resume(run, done, settings)
         records = load_edits(run.dataset, limit=max(run.sizes))
         ref = locality_reference(model, records, run.eval_cfg)  # pre-edit predictions, computed once
         bar = tqdm(todo, desc=f"{run.table} cells", unit="cell")
         for method, T in bar:
             bar.set_postfix_str(f"{method} T={T}")
             summary, rows = run_cell(model, method, records[:T], run, ref)
-            summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=str(model.device))
+            summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=str(model.device),
+                           settings={**settings[method], "code": code_version()})
             _write_rows(out / "cells" / f"{method}-T{T}.csv", rows)
-            _write_json_atomic(out / "cells" / f"{method}-T{T}.json", summary)
+            write_json(out / "cells" / f"{method}-T{T}.json", summary, _cell_key(method, T))
             if run.wandb:
                 _log_wandb(run, method, T, summary, rows)
     write_table(run)
@@ -157,7 +226,7 @@ def _log_wandb(run: TableRun, method: str, T: int, summary: dict, rows: list[dic
 def load_cells(run: TableRun) -> dict[tuple[str, int], dict]:
     cells = {}
     for path in sorted((run.dir / "cells").glob("*.json")):
-        s = json.loads(path.read_text())
+        s = read_cell(path)
         cells[(s["method"], int(s["T"]))] = s
     return cells
 

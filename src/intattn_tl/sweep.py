@@ -13,11 +13,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .checks import CheckError, check_int, check_real, writable_dir
 from .data import load_edits
-from .editing import edit
+from .editing import EditError, check_hparams, edit
 from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
+from .settings import code_version, differences, edit_settings
+from .store import IntegrityError, read_result, write_json
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
@@ -40,18 +43,23 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
               eval_cfg: EvalConfig | None = None, wandb: bool = False, device: str = "cpu") -> Path:
     """All grid points (resuming finished ones) -> `<out>/sweep-<model>-<dataset>-T<T>/points.csv` + figure4.png."""
     eval_cfg = eval_cfg or EvalConfig()
-    folder = Path(out) / f"sweep-{model_name}-{dataset}-T{T}"
-    (folder / "points").mkdir(parents=True, exist_ok=True)
-    todo = [a for a in grid if not (folder / "points" / f"alpha-{a:.3f}.json").exists()]
+    grid = _check_grid(grid, T)
+    folder = writable_dir(Path(out) / f"sweep-{model_name}-{dataset}-T{T}" / "points").parent
+    done = {p: _read_point(p) for p in sorted((folder / "points").glob("alpha-*.json"))}
+    todo = [a for a in grid if folder / "points" / f"alpha-{a:.3f}.json" not in done]
     if todo:
         model = load_model(model_name, device=device)
+        hps = {a: load_hparams("intattn", model.name, {"alpha": a}) for a in todo}
+        for hp in hps.values():  # every point checked before the first one runs
+            check_hparams("intattn", hp, model)
+        settings = _point_settings(model, hps[todo[0]], dataset, eval_cfg)
+        _check_resume(done, settings)
         records = load_edits(dataset, limit=T)
         ref = locality_reference(model, records, eval_cfg)
         for alpha in tqdm(todo, desc="alpha sweep", unit="point"):
             point = sweep_point(model, records, alpha, eval_cfg, ref) | {"model": model_name, "dataset": dataset}
-            path = folder / "points" / f"alpha-{alpha:.3f}.json"
-            path.with_suffix(".tmp").write_text(json.dumps(point))
-            path.with_suffix(".tmp").replace(path)
+            point["settings"] = {**_point_settings(model, hps[alpha], dataset, eval_cfg), "code": code_version()}
+            write_json(folder / "points" / f"alpha-{alpha:.3f}.json", point, {"alpha": round(alpha, 3)})
             if wandb:
                 from .tracking import finish, log_results, start_run
 
@@ -59,13 +67,51 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
                                name=f"{model_name}-alpha{alpha:.2f}", project="intattn-tl-alpha", dir=folder)
                 log_results(wb, {k: v for k, v in point.items() if isinstance(v, (int, float))}, [point])
                 finish(wb)
-    points = sorted((json.loads(p.read_text()) for p in (folder / "points").glob("*.json")), key=lambda p: p["alpha"])
+    points = sorted((_read_point(p) for p in (folder / "points").glob("alpha-*.json")), key=lambda p: p["alpha"])
+    points = [{k: v for k, v in p.items() if k != "settings"} for p in points]
     with (folder / "points.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for p in points for k in p)))
         w.writeheader()
         w.writerows(points)
     plot_figure4(points, folder / "figure4.png", title=f"{model_name}, {dataset}, T={T}")
     return folder
+
+
+def _check_grid(grid, T: int) -> tuple[float, ...]:
+    try:
+        check_int("T", T, lo=1)
+        if not len(grid):
+            raise CheckError("the alpha grid is empty")
+        return tuple(check_real("each alpha of the grid", a, 0.0, 1.0) for a in grid)
+    except CheckError as err:
+        raise EditError(str(err)) from None
+
+
+def _point_settings(model: LoadedModel, hp, dataset: str, eval_cfg: EvalConfig) -> dict:
+    """A point's settings minus α (which is what varies): resolved hyperparameters, dataset, scoring."""
+    from .reproduce import SCORING
+
+    s = edit_settings("intattn", hp, model)
+    s["hparams"] = {k: v for k, v in s["hparams"].items() if k != "alpha"}
+    return json.loads(json.dumps({**s, "dataset": dataset, "eval": {k: getattr(eval_cfg, k) for k in SCORING}},
+                                 default=str))
+
+
+def _read_point(path: Path) -> dict:
+    alpha = path.stem.removeprefix("alpha-")
+    try:
+        return read_result(path, {"alpha": round(float(alpha), 3)}, lambda p: f"{p.get('alpha', -1):.3f}" == alpha)
+    except IntegrityError as err:
+        raise EditError(f"sweep point {err}; delete it to recompute the point") from None
+
+
+def _check_resume(done: dict, settings: dict) -> None:
+    for path, point in done.items():
+        old = {k: v for k, v in (point.get("settings") or {}).items() if k != "code"}
+        diff = differences(old, settings) if old else []
+        if diff:
+            raise EditError(f"{path} was made with other settings than this run's: {'; '.join(diff)}. "
+                            "Use another --out, or the same settings.")
 
 
 def plot_figure4(points: list[dict], path: Path, title: str = "") -> Path:

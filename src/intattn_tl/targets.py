@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from .data import EditRecord
 from .models import LoadedModel, cache_kwarg, weights_fingerprint
 from .paths import cache_dir
+from .store import cached, write_torch
 from .tokens import answer_ids, prompt_ids, subject_span
 
 
@@ -85,7 +86,11 @@ def step_scale(hp: TargetHparams, h0: Float[Tensor, "n d"]) -> Float[Tensor, "n 
 def residual_at(model: LoadedModel, ids: Int[Tensor, "b t"], layer: int) -> Float[Tensor, "b t d"]:
     """blocks.{layer}.hook_resid_post, running only the blocks up to `layer`."""
     with torch.no_grad():
-        return model.bridge(ids, stop_at_layer=layer + 1)
+        if layer + 1 < model.spec.n_layers:
+            return model.bridge(ids, stop_at_layer=layer + 1)
+        # the top layer: a run to the end returns logits (final norm + unembedding), so read the hook instead
+        _, cache = model.bridge.run_with_cache(ids, names_filter=[f"blocks.{layer}.hook_resid_post"])
+        return cache[f"blocks.{layer}.hook_resid_post"]
 
 
 def _decoder(model: LoadedModel) -> nn.Module:
@@ -503,29 +508,30 @@ def injected_accuracy(model: LoadedModel, records: list[EditRecord], layer: int,
 # ----------------------------------------------------------------------------- disk cache
 
 
+def _cache_key(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str]) -> dict:
+    """Everything a target depends on; stored inside its file too, so a swapped or stale file is caught."""
+    full = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes])
+    return {"weights": fingerprint, "layer": layer, "subject": record.subject, "target_new": record.target_new,
+            "sha256": hashlib.sha256(full.encode()).hexdigest()}
+
+
+def _path(key: dict):
+    return cache_dir() / "targets-v2" / key["weights"] / f"L{key['layer']}-{key['sha256'][:24]}.pt"
+
+
 def _cache_path(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str]):
-    key = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-    return cache_dir() / "targets" / fingerprint / f"L{layer}-{digest}.pt"
+    return _path(_cache_key(fingerprint, record, layer, hp, prefixes))
 
 
-def _load(path, d: int) -> Tensor | None:
-    if not path.exists():
-        return None
-    try:
-        t = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None  # corrupt: recompute
-    if not isinstance(t, Tensor) or t.shape != (d,) or not torch.isfinite(t).all():
+def _load(key: dict, d: int) -> Tensor | None:
+    t = cached(_path(key), key, "target")
+    if t is not None and (not isinstance(t, Tensor) or t.shape != (d,) or not torch.isfinite(t).all()):
         return None
     return t
 
 
-def _save(path, t: Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(t.detach().cpu().clone(), tmp)
-    tmp.replace(path)
+def _save(key: dict, t: Tensor) -> None:
+    write_torch(_path(key), t.detach().cpu().clone(), key)
 
 
 def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
@@ -534,8 +540,8 @@ def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp:
     """delta_i added to blocks.{layer}.hook_resid_post at the last subject token of every prefixed prompt
     makes the model predict records[i].target_new (MEMIT's z - h); see the module docstring.
 
-    Cached on disk per (model weights fingerprint, record, layer, hp, prefixes); a corrupt file is
-    recomputed. Records not in the cache are optimised `chunk` at a time in one padded batch each.
+    Cached on disk per (model weights fingerprint, record, layer, hp, prefixes), that key and a sha256 inside
+    each file (store.py); a corrupt, altered or swapped file is recomputed. Records not in the cache are optimised `chunk` at a time in one padded batch each.
     """
     from .prefixes import context_prefixes
 
@@ -549,8 +555,8 @@ def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp:
     if not prefixes:
         raise TargetError("prefixes is empty; pass [''] for the bare prompt")
     d = model.spec.d_model
-    paths = [_cache_path(fingerprint, r, layer, hp, prefixes) for r in records]
-    out: list[Tensor | None] = [_load(p, d) if use_cache else None for p in paths]
+    keys = [_cache_key(fingerprint, r, layer, hp, prefixes) for r in records]
+    out: list[Tensor | None] = [_load(k, d) if use_cache else None for k in keys]
     todo = [i for i, t in enumerate(out) if t is None]
     for start in range(0, len(todo), chunk):
         idx = todo[start: start + chunk]
@@ -558,5 +564,5 @@ def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp:
         for i, dlt in zip(idx, deltas):
             out[i] = dlt.cpu()
             if use_cache:
-                _save(paths[i], dlt)
+                _save(keys[i], dlt)
     return torch.stack(out).to(model.device)

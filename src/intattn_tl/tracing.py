@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -125,6 +126,8 @@ def subject_noise(
     """Seeded Gaussian noise, drawn on the CPU so every device gets the same numbers."""
     if n_samples < 1:
         raise TraceError(f"n_samples must be >= 1, got {n_samples}")
+    if not math.isfinite(std) or std <= 0:  # NaN noise would run the whole trace and fail at the end
+        raise TraceError(f"noise std must be a finite number > 0 (noise_scale x embedding std), got {std}")
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n_samples, n_subject, d_model, generator=gen) * std
 

@@ -26,23 +26,24 @@ TARGET_CHUNK = 4  # records per target-optimisation call: the progress bar's ste
 
 
 def add_arguments(p) -> None:
+    from ..checks import device, integer, out_dir
     from ..models import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
-    p.add_argument("--limit", type=int, default=20, help="edit the first N WikiData_counterfact records (default 20)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
+    p.add_argument("--limit", type=integer(lo=1), default=20, help="edit the first N WikiData_counterfact records (default 20)")
+    p.add_argument("--out", type=out_dir, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of both editors (YAML value), e.g. --set mom2_n_samples=20000")
     p.add_argument("--fact", nargs=3, default=list(FACT), metavar=("PROMPT", "SUBJECT", "ANSWER"),
                    help="the fact to trace (default: the Eiffel Tower / Paris)")
-    p.add_argument("--samples", type=int, default=10, help="noise samples when tracing the fact (default 10)")
+    p.add_argument("--samples", type=integer(lo=1), default=10, help="noise samples when tracing the fact (default 10)")
     p.add_argument("--trace-dtype", default="bfloat16", choices=("float32", "bfloat16"),
                    help="dtype of the tracing copy of the model (bfloat16: ~2x faster on CPUs with bf16 units)")
-    p.add_argument("--fluency-len", type=int, default=100, help="tokens per fluency sample, prompt included (default 100)")
-    p.add_argument("--greedy-len", type=int, default=16, help="new tokens of the before/after continuation (default 16)")
+    p.add_argument("--fluency-len", type=integer(lo=1), default=100, help="tokens per fluency sample, prompt included (default 100)")
+    p.add_argument("--greedy-len", type=integer(lo=1), default=16, help="new tokens of the before/after continuation (default 16)")
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", type=device)
+    p.add_argument("--threads", type=integer(lo=1), help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

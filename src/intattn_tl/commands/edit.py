@@ -9,25 +9,29 @@ import yaml
 
 
 def add_arguments(p) -> None:
+    from ..checks import device, in_file, integer, out_file, real
     from ..data import EDIT_DATASETS
+    from ..editing import MAX_PROMPT_TOKENS
     from ..models import DEFAULT_MODEL
     from . import add_dtype_argument
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
     p.add_argument("--method", default="intattn", help="intattn, memit, alphaedit, rome, r-rome, ft (default intattn)")
     p.add_argument("--dataset", default="wiki_counterfact", choices=EDIT_DATASETS)
-    p.add_argument("--limit", type=int, default=100, help="first N records (default 100)")
-    p.add_argument("--alpha", type=float, help="IntAttn-Edit's attention share (default: the tracing result)")
-    p.add_argument("--hparams", type=Path, help="YAML hyperparameter file (default hparams/<method>/<model>.yaml)")
+    p.add_argument("--limit", type=integer(lo=0), default=100, help="first N records (default 100; 0 = all)")
+    p.add_argument("--alpha", type=real(0, 1), help="IntAttn-Edit's attention share (default: the tracing result)")
+    p.add_argument("--hparams", type=in_file, help="YAML hyperparameter file (default hparams/<method>/<model>.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyperparameter (YAML value), e.g. --set mom2_n_samples=20000; repeatable")
-    p.add_argument("--batch-size", type=int, default=0,
+    p.add_argument("--batch-size", type=integer(lo=0), default=0,
                    help="sequential editing: batches of B records one after another (default 0: all at once)")
-    p.add_argument("--save", type=Path, help="write the weight deltas here (load with editing.apply_saved)")
+    p.add_argument("--save", type=out_file, help="write the weight deltas here (load with editing.apply_saved)")
+    p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
+                   help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
     p.add_argument("--no-fluency", action="store_true", help="skip text generation in the evaluation")
     p.add_argument("--no-eval", action="store_true", help="edit only; print no metrics table")
-    p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-dir", help="benchmark folder, WikiText-2 included (default $INTATTN_DATA or ../shared/data)")
+    p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -40,7 +44,10 @@ def parse_overrides(items: list[str], alpha: float | None) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise HparamsError(f"--set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise HparamsError(f"--set {item!r}: {value!r} is not a YAML value") from None
     if alpha is not None:
         out["alpha"] = alpha
     return out
@@ -66,6 +73,7 @@ def merged(results: list):
             tx.originals.setdefault(key, original)
         for key, delta in r.tx.deltas.items():
             tx.deltas[key] = tx.deltas[key] + delta if key in tx.deltas else delta.clone()
+        tx.after.update(r.tx.after)
     return EditResult(model=first.model, method=first.method, hparams=first.hparams,
                       records=[x for r in results for x in r.records], tx=tx, stats=results[-1].stats)
 
@@ -76,18 +84,20 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from ..covariance import CovarianceError
-    from ..data import load_edits
-    from ..editing import EditError, EditState, edit
+    from ..data import data_path, load_edits
+    from ..editing import EditError, EditState, check_hparams, check_lengths, edit
     from ..hparams import HparamsError, load_hparams
     from ..models import load_model
 
-    try:
-        if args.limit < 1:
-            raise EditError(f"--limit must be >= 1, got {args.limit}")
+    try:  # everything that can be checked without the model, before loading it
+        hp = load_hparams(args.method, args.model, parse_overrides(args.overrides, args.alpha), path=args.hparams)
+        if args.data_dir and getattr(hp, "mom2_dataset", "") is None:  # WikiText-2 from --data-dir, same cache key
+            hp.mom2_dataset = str(data_path("wikitext2", args.data_dir))
         records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
-        hp = load_hparams(args.method, model.name, parse_overrides(args.overrides, args.alpha), path=args.hparams)
         groups = batches(records, args.batch_size)
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        check_hparams(args.method, hp, model)
+        check_lengths(model, records, args.max_prompt_tokens)
         if not args.no_eval:
             from ..evaluate import EvalConfig, evaluate, locality_reference, summarize
 
@@ -97,7 +107,8 @@ def run(args) -> int:
         t0 = time.time()
         state, results = EditState(), []
         for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
-            results.append(edit(model, group, args.method, hp, state, progress=not args.quiet))
+            results.append(edit(model, group, args.method, hp, state, progress=not args.quiet,
+                                max_prompt_tokens=args.max_prompt_tokens))
         t_edit = time.time() - t0
     except (EditError, HparamsError, CovarianceError, ValueError) as err:
         print(f"intattn edit: error: {err}", file=sys.stderr)

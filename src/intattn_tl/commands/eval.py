@@ -9,34 +9,29 @@ from pathlib import Path
 
 
 def add_arguments(p) -> None:
+    from ..checks import device, integer, out_file
     from ..data import EDIT_DATASETS
+    from ..editing import MAX_PROMPT_TOKENS
     from ..models import DEFAULT_MODEL
     from . import add_dtype_argument
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
     p.add_argument("--dataset", default="wiki_counterfact", choices=EDIT_DATASETS)
-    p.add_argument("--limit", type=int, default=100, help="first N records (default 100; 0 = all)")
-    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
+    p.add_argument("--limit", type=integer(lo=0), default=100, help="first N records (default 100; 0 = all)")
+    p.add_argument("--batch-size", type=integer(lo=1), default=32, help="prompts per forward pass")
     p.add_argument("--no-fluency", action="store_true", help="skip text generation (the slow part)")
-    p.add_argument("--fluency-len", type=int, default=100, help="tokens per sampled text, prompt included")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fluency sampling")
+    p.add_argument("--fluency-len", type=integer(lo=1), default=100, help="tokens per sampled text, prompt included")
+    p.add_argument("--seed", type=integer(lo=0), default=0, help="seed of the fluency sampling")
     p.add_argument("--per-kind", action="store_true", help="also print Portability/Locality per probe kind")
-    p.add_argument("--out", type=Path, help="write the per-record metrics to this CSV")
+    p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
+                   help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
+    p.add_argument("--out", type=out_file, help="write the per-record metrics to this CSV")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless you configured W&B)")
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=integer(lo=1), help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _check(args) -> None:
-    from ..data import DataError
-
-    for name in ("limit", "batch_size", "fluency_len"):
-        v = getattr(args, name)
-        if v < 0 or (v == 0 and name != "limit"):
-            raise DataError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'limit' else '> 0'}, got {v}")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -51,18 +46,19 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def run(args) -> int:
     from ..data import load_edits
+    from ..editing import check_lengths
     from ..evaluate import EvalConfig, evaluate, format_table, summarize
     from ..models import load_model
 
-    _check(args)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    records = load_edits(args.dataset, limit=args.limit or None, data_dir=args.data_dir)
+    records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
     t0 = time.time()
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     t_load = time.time() - t0
+    check_lengths(model, records, args.max_prompt_tokens)
     cfg = EvalConfig(batch_size=args.batch_size, fluency=not args.no_fluency, fluency_max_len=args.fluency_len,
                      seed=args.seed, progress=not args.quiet)
     t0 = time.time()

@@ -9,7 +9,9 @@ def add_arguments(p) -> None:
     from . import add_dtype_argument
 
     p.add_argument("name", nargs="?", help="load this model and print its spec (default: just list)")
-    p.add_argument("--device", default="cpu")
+    from ..checks import device
+
+    p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
 
 

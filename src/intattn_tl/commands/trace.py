@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
@@ -9,34 +10,42 @@ import time
 from pathlib import Path
 
 
-def _layers(text: str | None):
-    return None if text is None else [int(x) for x in text.split(",") if x.strip()]
+INSTALL_MIN_FACTS = 100  # a package default is never installed from a smoke run
+
+
+def _layers(layers):
+    return None if layers is None else list(layers)
 
 
 def add_arguments(p) -> None:
     from . import add_dtype_argument
+    from ..checks import device, int_list, integer, name_list, out_dir, out_file, real
+    from ..tracing import KINDS
 
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--facts", type=int, default=100, help="trace this many facts the model knows (known_1000)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--samples", type=int, default=10, help="noise samples per fact")
-    p.add_argument("--noise-scale", type=float, default=3.0, help="noise std in units of the embedding std")
-    p.add_argument("--window", type=int, default=10, help="layers restored together by the *_window kinds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kinds", default=None, help="comma-separated restoration kinds to trace "
+    p.add_argument("--facts", type=integer(lo=1), default=100, help="trace this many facts the model knows (known_1000)")
+    p.add_argument("--out", required=True, type=out_dir, help="output folder (also gets the alpha/layers JSON)")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--samples", type=integer(lo=1), default=10, help="noise samples per fact")
+    p.add_argument("--noise-scale", type=real(lo=0, lo_open=True), default=3.0,
+                   help="noise std in units of the embedding std")
+    p.add_argument("--window", type=integer(lo=1), default=10, help="layers restored together by the *_window kinds")
+    p.add_argument("--seed", type=integer(lo=0), default=0)
+    p.add_argument("--kinds", default=None, type=name_list(KINDS), help="comma-separated restoration kinds to trace "
                    "(resid, attn, mlp, attn_window, mlp_window; default: all)")
     add_dtype_argument(p)  # tracing computes in the model's dtype
-    p.add_argument("--min-ld-gap", type=float, default=1.0, help="leave facts whose corruption lowers "
+    p.add_argument("--min-ld-gap", type=real(finite=False), default=1.0, help="leave facts whose corruption lowers "
                    "logit(r) - logit(r') by less than this out of the LD averages (see balance.py)")
     p.add_argument("--single", action="store_true", help="choose layers/alpha from single-layer curves, not windows")
-    p.add_argument("--attn-width", type=int, default=3, help="number of consecutive critical attention layers")
-    p.add_argument("--mlp-width", type=int, default=5, help="number of consecutive critical MLP layers")
-    p.add_argument("--attn-layers", help="override: comma-separated attention layers")
-    p.add_argument("--mlp-layers", help="override: comma-separated MLP layers")
-    p.add_argument("--result-file", help="where to write the alpha/layers JSON "
-                   "(default: the package's model_results/<model>.json, which the editor reads)")
-    p.add_argument("--no-result-file", action="store_true", help="write the JSON only into --out")
+    p.add_argument("--attn-width", type=integer(lo=1), default=3, help="number of consecutive critical attention layers")
+    p.add_argument("--mlp-width", type=integer(lo=1), default=5, help="number of consecutive critical MLP layers")
+    p.add_argument("--attn-layers", type=int_list(lo=0), help="override: comma-separated attention layers")
+    p.add_argument("--mlp-layers", type=int_list(lo=0), help="override: comma-separated MLP layers")
+    p.add_argument("--result-file", type=out_file, help="also write the alpha/layers JSON here")
+    p.add_argument("--install-defaults", action="store_true",
+                   help="also write it to the package's model_results/<model>.json, the default alpha/layers of every "
+                   f"later edit (needs --facts >= {INSTALL_MIN_FACTS}); without it the package defaults never change")
+    p.add_argument("--no-result-file", action="store_true", help=argparse.SUPPRESS)  # the old opt-out; now the default
 
 
 def run(args) -> int:
@@ -51,9 +60,13 @@ def run(args) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.install_defaults and args.facts < INSTALL_MIN_FACTS:
+        print(f"intattn trace: error: --install-defaults needs --facts >= {INSTALL_MIN_FACTS} (a smoke run never "
+              f"changes the package defaults); got --facts {args.facts}", file=sys.stderr)
+        return 2
     command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
     t0 = time.time()
-    kinds = tuple(args.kinds.split(",")) if args.kinds else KINDS
+    kinds = tuple(args.kinds) if args.kinds else KINDS
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
         trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples, noise_scale=args.noise_scale,
@@ -133,10 +146,13 @@ def run(args) -> int:
     }
     text = json.dumps(record, indent=1)
     (out / f"{args.model}.json").write_text(text)
-    if not args.no_result_file:
-        target = Path(args.result_file) if args.result_file else RESULTS_DIR / f"{args.model}.json"
+    targets = ([Path(args.result_file)] if args.result_file else []) + \
+        ([RESULTS_DIR / f"{args.model}.json"] if args.install_defaults else [])  # where hparams.tracing_result reads
+    for target in targets:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text + "\n")
         print(f"wrote {target}")
+    if not args.install_defaults:
+        print("package defaults unchanged (use --install-defaults to make this alpha/these layers every edit's default)")
     print(f"alpha={record['alpha']} attn_layers={record['attn_layers']} mlp_layers={record['mlp_layers']} -> {out}")
     return 0

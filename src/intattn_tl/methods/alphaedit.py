@@ -14,7 +14,10 @@ from ..editing import EditError, EditState, WeightTransaction, register
 from ..keys import mlp_keys
 from ..models import LoadedModel
 from ..solve import nullspace_projector, solve_projected
-from .memit import TargetFields, check_layers, default_mlp_layers, edit_prefixes, edit_statistics, memit_chain, targets_at
+from .memit import (
+    TargetFields, check_layers, check_target_layer, default_mlp_layers, edit_prefixes, edit_statistics, memit_chain,
+    targets_at,
+)
 
 
 @dataclass
@@ -28,7 +31,7 @@ class AlphaEditHparams(TargetFields):
 
     def validate(self, model: LoadedModel) -> None:
         super().validate(model)
-        self.resolved_layers(model)
+        check_target_layer(model, self.resolved_layers(model)[-1])
         if self.nullspace_threshold <= 0 or self.L2 <= 0:
             raise EditError(f"nullspace_threshold and L2 must be > 0 (got {self.nullspace_threshold}, {self.L2})")
 

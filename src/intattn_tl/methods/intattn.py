@@ -58,8 +58,15 @@ class IntAttnHparams(MEMITHparams):
         layers = self.attn_layers if self.attn_layers is not None else default_attn_layers(model)
         return check_layers(model, layers, "attn_layers")
 
+    def target_layer(self, model: LoadedModel) -> int:
+        """z's layer: the top of the chains that get a share (alpha 0: MLPs only, alpha 1: attention only)."""
+        alpha = self.resolved_alpha(model)
+        chains = [self.resolved_attn_layers(model)] if alpha > 0 else []
+        chains += [self.resolved_layers(model)] if alpha < 1 else []
+        return max(max(layers) for layers in chains)
+
     def validate(self, model: LoadedModel) -> None:
-        super().validate(model)
+        super().validate(model)  # includes check_target_layer(target_layer)
         self.resolved_attn_layers(model)
         if not 0.0 <= self.resolved_alpha(model) <= 1.0:
             raise EditError(f"alpha must be in [0, 1], got {self.resolved_alpha(model)}")

@@ -59,6 +59,15 @@ def check_layers(model: LoadedModel, layers, what: str) -> list[int]:
     return sorted(layers)
 
 
+def check_target_layer(model: LoadedModel, layer: int) -> None:
+    """A target z lives at the last subject token after `layer`; on the model's last layer no attention
+    above carries it to the positions that predict the answer, so the gradient is exactly 0: refused."""
+    if layer >= model.spec.n_layers - 1:
+        raise EditError(f"layer {layer} is {model.name}'s last: a residual change at the subject token there cannot "
+                        f"reach the answer's positions (no attention layer above), so the edit would do nothing; "
+                        f"use layers <= {model.spec.n_layers - 2}")
+
+
 def default_mlp_layers(model: LoadedModel) -> list[int]:
     """Tracing result's MLP layers, else MEMIT's early-middle band scaled to depth (GPT-J 3-8 of 28)."""
     traced = tracing_result(model.name) or {}
@@ -149,9 +158,13 @@ class MEMITHparams(TargetFields):
     def resolved_layers(self, model: LoadedModel) -> list[int]:
         return check_layers(model, self.layers if self.layers is not None else default_mlp_layers(model), "layers")
 
+    def target_layer(self, model: LoadedModel) -> int:
+        """The layer whose residual the target z is optimised at."""
+        return self.resolved_layers(model)[-1]
+
     def validate(self, model: LoadedModel) -> None:
         super().validate(model)
-        self.resolved_layers(model)
+        check_target_layer(model, self.target_layer(model))
         if self.mom2_update_weight < 0:
             raise EditError(f"mom2_update_weight must be >= 0, got {self.mom2_update_weight}")
 

@@ -24,7 +24,7 @@ from ..editing import EditError, EditState, WeightTransaction, register
 from ..keys import mlp_keys
 from ..models import LoadedModel
 from ..targets import prenorm_target, target_deltas
-from .memit import TargetFields, check_layers, edit_prefixes, edit_statistics, target_hparams
+from .memit import TargetFields, check_layers, check_target_layer, edit_prefixes, edit_statistics, target_hparams
 
 
 @dataclass
@@ -41,7 +41,7 @@ class ROMEHparams(TargetFields):
 
     def validate(self, model: LoadedModel) -> None:
         super().validate(model)
-        self.layer(model)
+        check_target_layer(model, self.layer(model))
 
 
 def default_rome_layer(model: LoadedModel) -> int:
