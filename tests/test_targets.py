@@ -8,8 +8,9 @@ import torch
 from intattn_tl.data import EditRecord
 from intattn_tl.targets import (
     Suffixes, TargetError, TargetHparams, _batch, _cache_path, _length_groups, hidden_from, logits_from, optimize_deltas,
-    prenorm_target, residual_at, target_deltas,
+    residual_at, target_deltas,
 )
+from intattn_tl.families.gemma3 import prenorm_target
 from intattn_tl.tokens import answer_ids, prompt_ids
 
 FACT = EditRecord(id="made-up", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
@@ -153,7 +154,7 @@ def test_bad_arguments(tiny_llama):
 
 
 def test_prenorm_target_inverts_gemma_post_norm(tiny_gemma):
-    norm = tiny_gemma.spec.post_mlp_norms[1]
+    norm = tiny_gemma.spec.family.post_norm("w_out", 1)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, tiny_gemma.spec.d_model, generator=g)
     with torch.no_grad():
@@ -169,7 +170,7 @@ def test_prenorm_target_inverts_gemma_post_norm(tiny_gemma):
 
 def test_prenorm_target_damps_small_gains(tiny_gemma):
     """Dividing by the gain (the naive inverse) blows up small-gain channels; least squares does not."""
-    norm = tiny_gemma.spec.post_mlp_norms[1]
+    norm = tiny_gemma.spec.family.post_norm("w_out", 1)
     saved = norm.weight.detach().clone()
     g = torch.Generator().manual_seed(1)
     try:

@@ -68,12 +68,7 @@ def _below(model: LoadedModel, ids: Tensor, layer: int) -> tuple[Tensor, Tensor]
 def mlp_change(model: LoadedModel, layer: int, k: Float[Tensor, "b t d_mlp"],
                dW: Float[Tensor, "d_model d_mlp"]) -> Float[Tensor, "b t d_model"]:
     """How the block's residual output moves when W_out[layer] becomes W + dW."""
-    if not model.spec.post_norm:
-        return k @ dW.T
-    W = model.spec.w_out[layer]
-    norm = model.spec.post_mlp_norms[layer]
-    out = k @ W.T
-    return norm(out + k @ dW.T) - norm(out)
+    return model.spec.family.residual_change("w_out", layer, k, dW)
 
 
 @register("ft", FTHparams, batch=False)
