@@ -18,6 +18,20 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen2():
+    from intattn_tl.models import load_model
+
+    return load_model("tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral():
+    from intattn_tl.models import load_model
+
+    return load_model("tiny-mistral")
+
+
+@pytest.fixture(scope="session")
 def tiny_gemma():
     from intattn_tl.models import load_model
 

@@ -12,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
