@@ -223,3 +223,12 @@ def test_supported_type_with_missing_parts_says_what_is_missing(tiny_llama):
 
     with pytest.raises(ModelLoadError, match=r"model\.embed_tokens.*model\.layers"):
         Llama(Bare())
+
+
+def test_bridge_without_a_used_hook_is_refused(tiny_llama):
+    class NoZ:
+        hook_dict = {k: v for k, v in tiny_llama.bridge.hook_dict.items() if k != "blocks.0.attn.hook_z"}
+
+    tiny_llama.spec.family.check_hooks(tiny_llama.bridge)  # the real bridge has every hook
+    with pytest.raises(ModelLoadError, match=r"blocks\.0\.attn\.hook_z"):
+        tiny_llama.spec.family.check_hooks(NoZ())

@@ -180,8 +180,11 @@ class Llama:
         return self.lm_head(h)
 
     def describe(self) -> str:
+        """One line of what differs: post-norms, attention biases, tied head, sliding layers."""
         tied = getattr(self.config, "tie_word_embeddings", False)
+        q = part(self.layers[0], f"{self.ATTN}.q_proj")
         kinds = self.layer_types()
         window = f" window={self.sliding_window}" if "sliding_attention" in kinds else ""
-        return (f"family={self.name} post_norms={sorted(self.POST_NORMS) or 'none'} tied_head={tied} "
+        return (f"family={self.name} post_norms={sorted(self.POST_NORMS) or 'none'} "
+                f"qkv_bias={getattr(q, 'bias', None) is not None} tied_head={tied} "
                 f"sliding_layers={kinds.count('sliding_attention')}/{len(kinds)}{window}")
