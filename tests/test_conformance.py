@@ -24,7 +24,9 @@ LONG = "The quick brown fox jumps over the lazy dog while the cat sleeps on the 
 REC = [EditRecord(id="c/0", prompt="Tell me about Spain", subject="Spain", target_new="Rome", ground_truth=("Madrid",)),
        EditRecord(id="c/1", prompt="The one born in Paris is Ada Lovelace", subject="Ada Lovelace", target_new="Bob",
                   ground_truth=("London",))]
-FAST = dict(mom2_n_samples=256, v_num_grad_steps=20, clamp_norm_factor=10.0, use_prefixes=False)
+# MEMIT's own (absolute) target step, pinned: this suite checks families, not the default step size.
+FAST = dict(mom2_n_samples=256, v_num_grad_steps=20, clamp_norm_factor=10.0, use_prefixes=False, v_lr=0.5,
+            v_lr_units="absolute")
 HPARAMS = {
     "ft": dict(layers=[1], lr=2e-2, num_steps=10, norm_constraint=0.0),
     "rome": dict(layers=[1], **FAST),
@@ -200,8 +202,10 @@ def test_method_makes_target_likelier_and_rolls_back(tiny, method):
         result.rollback()
     assert all(torch.equal(before[n], p) for n, p in _params(tiny).items())  # every weight, bit for bit
     assert changed and all(n.endswith(("down_proj.weight", "o_proj.weight")) for n in changed)
-    # measured (20 grad steps): every record +0.77 to +3.7 nats over the four families (from about -5.2 to -6.3)
-    assert (lp1 - lp0 > 0.5).all(), (lp0, lp1)
+    # measured: +0.64 (Qwen2 AlphaEdit, whose update the corpus keys' null space confines) to +3.8 nats per
+    # record, mean over the two >= 0.9, from about -5.2 to -6.3
+    gain = lp1 - lp0
+    assert (gain > 0.3).all() and gain.mean() > 0.75, (lp0, lp1)
 
 
 # ----------------------------------------------------------------------------- unsupported families
