@@ -6,7 +6,8 @@ W to W0 +- norm_constraint after each step). Stops once the loss is below early_
 
 Only W_out[l] changes, so the model below block l is fixed: we run it once, keep the MLP keys k and the
 residual h after block l, and each step recomputes just h + (change of the MLP output) through the
-layers above (targets.logits_from). The change is k dW^T (Llama) or norm(Wk + k dW^T) - norm(Wk) (Gemma-3).
+layers above (targets.logits_from). The change is the family adapter's `residual_change`: k dW^T (Llama-style)
+or norm(Wk + k dW^T) - norm(Wk) (Gemma-3's post-norm).
 """
 
 from __future__ import annotations
