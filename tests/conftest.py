@@ -10,26 +10,36 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-@pytest.fixture(scope="session")
-def tiny_llama():
+def _load(name):
     from intattn_tl.models import load_model
 
-    return load_model("tiny-llama")
+    return load_model(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return _load("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    return _load("tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral():
+    return _load("tiny-mistral")
 
 
 @pytest.fixture(scope="session")
 def tiny_gemma():
-    from intattn_tl.models import load_model
-
-    return load_model("tiny-gemma3")
+    return _load("tiny-gemma3")
 
 
 @pytest.fixture(scope="session")
 def smollm():
     """The real SmolLM2-135M-Instruct. Tests that edit it must roll their edits back."""
-    from intattn_tl.models import load_model
-
-    return load_model("smollm2-135m")
+    return _load("smollm2-135m")
 
 
 @pytest.fixture(scope="session")

@@ -89,7 +89,7 @@ def test_nan_update_leaves_weights_untouched(tiny_llama, monkeypatch):
 def test_gemma_post_norm_target_is_mapped_through_the_norm(tiny_gemma):
     layer, s = 1, tiny_gemma.spec
     K = mlp_keys(tiny_gemma, REC, layer, [""])
-    norm, W = s.post_mlp_norms[layer], s.w_out[layer]
+    norm, W = s.family.post_norm("w_out", layer), s.w_out[layer]
     with torch.no_grad():
         o = norm(K @ W.T)
         R = 0.2 * o.norm(dim=-1, keepdim=True) * torch.randn_like(o) / o.shape[-1] ** 0.5
@@ -207,7 +207,7 @@ def test_real_edits_succeed_and_roll_back(smollm, wiki_records, method):
 
 def test_gemma_dead_norm_channel_is_left_alone(tiny_gemma):
     s = tiny_gemma.spec
-    norm, W = s.post_mlp_norms[1], s.w_out[1]
+    norm, W = s.family.post_norm("w_out", 1), s.w_out[1]
     K = mlp_keys(tiny_gemma, REC, 1, [""])
     saved = norm.weight.detach().clone()
     try:

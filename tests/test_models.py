@@ -28,7 +28,7 @@ def test_spec_shapes_and_handles(fixture, request):
     assert len(s.w_out) == len(s.w_o) == s.n_layers
     assert s.w_out[0].shape == (s.d_model, s.d_mlp)
     assert s.w_o[0].shape == (s.d_model, s.n_heads * s.d_head)
-    assert s.post_norm == (fixture == "tiny_gemma")
+    assert (s.family.post_norm("w_out", 0) is not None) == (fixture == "tiny_gemma")
 
 
 def test_hook_z_times_w_o_is_attn_out_and_post_times_w_out_is_mlp_out(tiny_llama):

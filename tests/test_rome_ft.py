@@ -53,8 +53,8 @@ def test_rome_update_hits_value(request, name, consistent):
     v = value_target(model, layer, k_bare, delta)
     W = model.spec.w_out[layer].double()
     torch.testing.assert_close((W + D) @ k.double(), v.double(), atol=1e-4, rtol=1e-4)
-    if model.spec.post_norm and consistent:  # the block's output moves in the direction of norm(W k) + delta
-        norm = model.spec.post_mlp_norms[layer]
+    norm = model.spec.family.post_norm("w_out", layer)
+    if norm is not None and consistent:  # the block's output moves in the direction of norm(W k) + delta
         with torch.no_grad():
             got = norm(((W + D) @ k_bare.double()).float())
             want = norm(W.float() @ k_bare) + delta

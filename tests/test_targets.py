@@ -1,4 +1,4 @@
-"""Target values: partial forward == full forward, optimisation reaches the target, disk cache, post-norm map."""
+"""Target values: optimisation reaches the target, disk cache, post-norm map (partial forwards: test_conformance)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from intattn_tl.data import EditRecord
+from intattn_tl.families.gemma3 import prenorm_target
 from intattn_tl.targets import (
-    Suffixes, TargetError, TargetHparams, _batch, _cache_path, _length_groups, hidden_from, injected_accuracy, logits_from,
-    optimize_deltas, prenorm_target, residual_at, step_scale, target_deltas,
+    TargetError, TargetHparams, _batch, _cache_path, _length_groups, injected_accuracy, logits_from, optimize_deltas,
+    residual_at, step_scale, target_deltas,
 )
 from intattn_tl.tokens import answer_ids, prompt_ids
 
@@ -22,55 +23,7 @@ def cache(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
-@pytest.mark.parametrize("layer", [0, 2])
-@pytest.mark.parametrize("t", [12, 80])  # 80 > tiny Gemma's sliding window of 64
-def test_partial_forward_equals_bridge_with_hook(request, name, layer, t):
-    model = request.getfixturevalue(name)
-    g = torch.Generator().manual_seed(layer + t)
-    ids = torch.randint(0, 250, (3, t), generator=g)
-    delta = torch.randn(3, model.spec.d_model, generator=g)
-    pos = torch.tensor([1, t // 2, t - 1])
-
-    def add(x, hook):
-        x = x.clone()
-        x[torch.arange(3), pos] += delta
-        return x
-
-    with torch.no_grad():
-        full = model.bridge.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", add)])
-        resid = residual_at(model, ids, layer).clone()
-        resid[torch.arange(3), pos] += delta
-        part = logits_from(model, resid, layer)
-        plain = model.bridge(ids)
-    assert (full - plain).abs().max() > 1e-3  # the delta matters, so equality below is a real check
-    torch.testing.assert_close(part, full, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
-def test_suffixes_equal_full_forward_for_mixed_lengths(request, name):
-    # rows whose suffixes (last subject token .. end) have different lengths run in separate groups
-    model = request.getfixturevalue(name)
-    records = [FACT, EditRecord(id="b", prompt="Bobo, who was born long ago in a far town, plays the",
-                                subject="Bobo", target_new="oboe", ground_truth=("x",))]
-    b = _batch(model, records, ["", "A long prefix to shift the positions of everything after it. "])
-    layer = 1
-    resid = residual_at(model, b.ids, layer)
-    sf = Suffixes(model, resid, b.subject, b.length, layer)
-    suffix_len = b.length - b.subject
-    assert len(set(suffix_len.tolist())) > 2
-    rows = torch.tensor([0, 2, 3, 5])
-    assert len(_length_groups(suffix_len[rows].tolist())) > 1
-    add = torch.randn(len(rows), model.spec.d_model, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        part = sf.hidden(rows, add)
-        moved = resid[rows].clone()
-        moved[torch.arange(len(rows)), b.subject[rows]] += add
-        full = hidden_from(model, moved, layer)
-    for i, r in enumerate(rows.tolist()):
-        n, s = int(suffix_len[r]), int(b.subject[r])
-        torch.testing.assert_close(part[i, :n], full[i, s: s + n], atol=1e-5, rtol=1e-5)
-        assert (part[i, n:] == 0).all()
+# partial forward == full forward, for every family: tests/test_conformance.py
 
 
 def test_length_groups_cover_every_length_once():
@@ -154,7 +107,7 @@ def test_bad_arguments(tiny_llama):
 
 
 def test_prenorm_target_inverts_gemma_post_norm(tiny_gemma):
-    norm = tiny_gemma.spec.post_mlp_norms[1]
+    norm = tiny_gemma.spec.family.post_norm("w_out", 1)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, tiny_gemma.spec.d_model, generator=g)
     with torch.no_grad():
@@ -170,7 +123,7 @@ def test_prenorm_target_inverts_gemma_post_norm(tiny_gemma):
 
 def test_prenorm_target_damps_small_gains(tiny_gemma):
     """Dividing by the gain (the naive inverse) blows up small-gain channels; least squares does not."""
-    norm = tiny_gemma.spec.post_mlp_norms[1]
+    norm = tiny_gemma.spec.family.post_norm("w_out", 1)
     saved = norm.weight.detach().clone()
     g = torch.Generator().manual_seed(1)
     try:

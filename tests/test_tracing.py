@@ -13,7 +13,7 @@ from intattn_tl.balance import (
 )
 from intattn_tl.tokens import TokenError, answer_ids
 from intattn_tl.tracing import (
-    KINDS, Stack, TraceError, _Patch, embedding_std, subject_noise, trace_dataset, trace_fact, trace_fact_loop,
+    KINDS, TraceError, embedding_std, subject_noise, trace_dataset, trace_fact, trace_fact_loop,
     window_layers,
 )
 
@@ -57,18 +57,6 @@ def test_restorations_before_subject_are_noops_and_resid_at_last_token_is_clean(
         assert fast.ld_effect[fast.kind("resid"), -1, -1] == pytest.approx(1.0, abs=1e-3)
     else:  # the noise did not lower LD: the normalized effect is undefined, and says so
         assert np.isnan(fast.ld_effect).all()
-
-
-def test_stack_matches_bridge_beyond_sliding_window(tiny):
-    """The direct layer stack (masks, rope, sliding windows) reproduces the bridge's logits on a long prompt."""
-    ids = tiny.tokenizer("The quick brown fox jumps over the lazy dog while the cat sleeps on the warm mat")["input_ids"]
-    assert len(ids) > 64  # the tiny Gemma's sliding window
-    ids = torch.tensor([ids])
-    stack = Stack(tiny)
-    with torch.no_grad():
-        ours = stack.run(stack.embed(ids), 0, 0, None, _Patch())
-        ref = tiny.bridge(ids)[:, -1]
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
 
 
 def test_noise_is_seeded_and_scaled(tiny_llama):

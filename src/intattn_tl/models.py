@@ -96,8 +96,10 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         architecture="Qwen2ForCausalLM",
         probe_ids=_QWEN_PROBE_IDS,
     ),
-    # Randomly initialised, byte-level tokenizer: for fast unit tests only.
+    # Randomly initialised, byte-level tokenizer: for fast unit tests only (one per supported family).
     "tiny-llama": "tiny",
+    "tiny-qwen2": "tiny",
+    "tiny-mistral": "tiny",
     "tiny-gemma3": "tiny",
 }
 DEFAULT_MODEL = "smollm2-135m"
@@ -106,11 +108,12 @@ PROBE = "The Eiffel Tower is located in the city of"
 
 @dataclass
 class ModelSpec:
-    """Shapes plus per-layer views of the two edited matrices, in [d_out, d_in] layout.
+    """Shapes plus per-layer views of the two edited matrices, in [d_out, d_in] layout, and the family adapter.
 
     `w_out[l]` is the MLP output projection ([d_model, d_mlp], e.g. `down_proj.weight`) and `w_o[l]` the
     attention output projection ([d_model, n_heads*d_head], e.g. `o_proj.weight`). They are views of the
-    live parameters: `w.add_(delta)` edits the model.
+    live parameters: `w.add_(delta)` edits the model. `family` (intattn_tl.families) knows everything else
+    that differs between architectures: post-norms, how a block runs, attention layer types.
     """
 
     name: str
@@ -121,10 +124,7 @@ class ModelSpec:
     d_head: int
     w_out: list[torch.Tensor] = field(repr=False)
     w_o: list[torch.Tensor] = field(repr=False)
-    # Gemma-3 passes attention/MLP outputs through an RMSNorm before the residual stream.
-    post_norm: bool = False
-    post_attn_norms: list[nn.Module] | None = field(default=None, repr=False)
-    post_mlp_norms: list[nn.Module] | None = field(default=None, repr=False)
+    family: object = field(repr=False)  # intattn_tl.families.Llama or a subclass, bound to this model
 
 
 @dataclass
@@ -356,32 +356,43 @@ def byte_tokenizer():
     return tok
 
 
-def tiny_model(kind: str = "llama", seed: int = 0, n_layers: int = 4):
-    """A randomly initialised model of a real architecture, small enough for unit tests."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+TINY_KINDS = ("llama", "qwen2", "mistral", "gemma3")
 
+
+def tiny_model(kind: str = "llama", seed: int = 0, n_layers: int = 4):
+    """A randomly initialised model of a real architecture, small enough for unit tests.
+
+    llama: tied embeddings. qwen2: q/k/v biases, untied lm_head. mistral: every layer a 12-token sliding
+    window (shorter than test prompts, so the window matters). gemma3: post-norms, sliding layers of 64."""
+    from transformers import (
+        Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+        Qwen2Config, Qwen2ForCausalLM,
+    )
+
+    if kind not in TINY_KINDS:
+        raise ValueError(f"unknown tiny model kind {kind!r}; use one of {TINY_KINDS}")
     tok = byte_tokenizer()
     common = dict(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
     )
+    config, cls = {
+        "llama": lambda: (LlamaConfig(**common, tie_word_embeddings=True), LlamaForCausalLM),
+        "qwen2": lambda: (Qwen2Config(**common, tie_word_embeddings=False), Qwen2ForCausalLM),
+        "mistral": lambda: (MistralConfig(**common, sliding_window=12, tie_word_embeddings=False), MistralForCausalLM),
+        "gemma3": lambda: (Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=16), Gemma3ForCausalLM),
+    }[kind]()
+    config.architectures = [cls.__name__]
     torch.manual_seed(seed)
-    if kind == "llama":
-        config = LlamaConfig(**common, tie_word_embeddings=True)
-        config.architectures = ["LlamaForCausalLM"]
-        model = LlamaForCausalLM(config)
-    elif kind == "gemma3":
-        config = Gemma3TextConfig(**common, sliding_window=64, query_pre_attn_scalar=16)
-        config.architectures = ["Gemma3ForCausalLM"]
-        model = Gemma3ForCausalLM(config)
-    else:
-        raise ValueError(f"unknown tiny model kind {kind!r}; use 'llama' or 'gemma3'")
+    model = cls(config)
     # Random init has tiny weights; scale up so the tiny model has non-trivial, varied predictions.
     with torch.no_grad():
-        for p in model.parameters():
+        for pname, p in model.named_parameters():
             if p.ndim == 2:
                 p.mul_(3.0)
+            elif pname.endswith("_proj.bias"):  # HF initialises biases to 0; make Qwen2's q/k/v biases count
+                p.normal_(0.0, 1.0)
     return model.eval(), tok
 
 
@@ -403,44 +414,18 @@ def _load_hub_or_dir(name: str, dtype: torch.dtype):
 # ----------------------------------------------------------------------------- spec + bridge
 
 
-def _layers(hf_model: nn.Module) -> nn.ModuleList:
-    return _find(hf_model, ("model.layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers"))
-
-
-def _out_layout(module: nn.Module) -> torch.Tensor:
-    """The weight as a [d_out, d_in] view: nn.Linear stores that already, GPT-2's Conv1D the transpose."""
-    module = getattr(module, "original_component", module)  # the bridge wraps HF modules in place
-    if isinstance(module, nn.Linear):
-        return module.weight.data
-    if type(module).__name__ == "Conv1D":
-        return module.weight.data.T
-    raise ModelLoadError(f"Unsupported projection module {type(module).__name__}")
-
-
-def _find(block: nn.Module, names: tuple[str, ...]) -> nn.Module:
-    """The first of the dotted attribute paths `names` that exists under `block`."""
-    for path in names:
-        obj = block
-        try:
-            for part in path.split("."):
-                obj = getattr(obj, part)
-            return obj
-        except AttributeError:
-            continue
-    raise ModelLoadError(f"None of {names} found in {type(block).__name__}")
-
-
 def build_spec(name: str, hf_model: nn.Module, bridge) -> ModelSpec:
+    """Shapes from the bridge, the edited matrices and everything family-specific from the adapter."""
+    from .families import family_for
+
+    family = family_for(hf_model)
+    family.check_hooks(bridge)
     cfg = bridge.cfg
-    layers = _layers(hf_model)
-    w_out = [_out_layout(_find(b, ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h"))) for b in layers]
-    w_o = [_out_layout(_find(b, ("self_attn.o_proj", "attn.c_proj", "attention.dense"))) for b in layers]
-    post = all(hasattr(b, "post_feedforward_layernorm") for b in layers)
+    w_out = [family.weight("w_out", l) for l in range(family.n_layers)]
+    w_o = [family.weight("w_o", l) for l in range(family.n_layers)]
     return ModelSpec(
         name=name, n_layers=cfg.n_layers, d_model=cfg.d_model, d_mlp=w_out[0].shape[1],
-        n_heads=cfg.n_heads, d_head=cfg.d_head, w_out=w_out, w_o=w_o, post_norm=post,
-        post_attn_norms=[b.post_attention_layernorm for b in layers] if post else None,
-        post_mlp_norms=[b.post_feedforward_layernorm for b in layers] if post else None,
+        n_heads=cfg.n_heads, d_head=cfg.d_head, w_out=w_out, w_o=w_o, family=family,
     )
 
 
@@ -464,11 +449,13 @@ def load_model(
     (the 1.5B Qwen needs ~7.4 GB RSS in float32). Known models keep one dequantized cache per dtype."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    from .families import family_class
+
     dtype = as_dtype(dtype)
     entry = KNOWN_MODELS.get(name_or_path)
     if entry == "tiny":
         hf_model, tok = tiny_model(name_or_path.removeprefix("tiny-"))
-        bridge_name = {"tiny-llama": "tiny/llama", "tiny-gemma3": "tiny/gemma3"}[name_or_path]
+        bridge_name = name_or_path.replace("-", "/", 1)
         hf_model = hf_model.to(dtype)
     elif isinstance(entry, GGUFPackage):
         hf_model, tok, bridge_name = _load_known_hf(name_or_path, dtype)
@@ -483,6 +470,7 @@ def load_model(
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     hf_model = hf_model.to(device).eval()
+    family_class(hf_model.config)  # an unsupported architecture is refused before the bridge boots
     bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=hf_model, tokenizer=tok, device=device, dtype=dtype)
     return LoadedModel(name=name_or_path, bridge=bridge, tokenizer=tok, spec=build_spec(name_or_path, hf_model, bridge), hf_model=hf_model)
 

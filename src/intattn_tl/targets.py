@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
-from torch import Tensor, nn
+from torch import Tensor
 
 from .data import EditRecord
 from .models import LoadedModel, cache_kwarg, weights_fingerprint
@@ -93,55 +92,38 @@ def residual_at(model: LoadedModel, ids: Int[Tensor, "b t"], layer: int) -> Floa
         return cache[f"blocks.{layer}.hook_resid_post"]
 
 
-def _decoder(model: LoadedModel) -> nn.Module:
-    inner = getattr(model.hf_model, "model", None)
-    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
-        raise TargetError(f"partial forward needs a Llama/Gemma-style decoder; {type(model.hf_model).__name__} is not")
-    return inner
-
-
-def _rope_takes_layer_type(rotary: nn.Module) -> bool:
-    rotary = getattr(rotary, "original_component", rotary)
-    return "layer_type" in inspect.signature(rotary.forward).parameters
-
-
 def hidden_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int) -> Float[Tensor, "b t d"]:
     """Run blocks layer+1 .. n-1 and the final norm on `resid` (= the output of block `layer`).
 
-    Mirrors the HF decoder forward (transformers 5): causal masks per attention type and rotary
-    embeddings for positions 0..t-1. No padding mask is needed: pads are on the right, so no real token
-    attends to them.
+    Calls the HF decoder layers themselves, as the HF decoder forward does (transformers 5): causal masks
+    per attention type and rotary embeddings for positions 0..t-1, the family saying which layer has
+    which. No padding mask is needed: pads are on the right, so no real token attends to them.
     """
     from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
-    inner = _decoder(model)
-    cfg = inner.config
+    family = model.spec.family
+    cfg = family.config
     if getattr(cfg, "use_bidirectional_attention", False):
         raise TargetError("partial forward does not support bidirectional attention")
     b, t, _ = resid.shape
     pos = torch.arange(t, device=resid.device).unsqueeze(0)
     ones = torch.ones(b, t, dtype=torch.long, device=resid.device)
-    kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
+    kinds = family.layer_types()
     mask_args = dict(config=cfg, inputs_embeds=resid, attention_mask=ones, position_ids=pos,
                      **{cache_kwarg(create_causal_mask): None})
     masks = {"full_attention": create_causal_mask(**mask_args)}
     if "sliding_attention" in kinds:
         masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
-    if _rope_takes_layer_type(inner.rotary_emb):
-        rope = {k: inner.rotary_emb(resid, pos, k) for k in set(kinds)}
-    else:
-        rope = {k: inner.rotary_emb(resid, position_ids=pos) for k in set(kinds)}
+    rope = family.rope(resid, pos)
     h = resid
-    for i in range(layer + 1, cfg.num_hidden_layers):
-        out = inner.layers[i](h, attention_mask=masks[kinds[i]], position_embeddings=rope[kinds[i]], position_ids=pos)
+    for i in range(layer + 1, family.n_layers):
+        out = family.layers[i](h, attention_mask=masks[kinds[i]], position_embeddings=rope[kinds[i]], position_ids=pos)
         h = out[0] if isinstance(out, tuple) else out
-    return inner.norm(h)
+    return family.final_norm(h)
 
 
 def unembed(model: LoadedModel, h: Float[Tensor, "m d"]) -> Float[Tensor, "m vocab"]:
-    logits = model.hf_model.lm_head(h)
-    cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return model.spec.family.unembed(h)
 
 
 def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
@@ -172,27 +154,6 @@ class _FixedKV:
         return torch.cat([fk[self.rows], k], -2), torch.cat([fv[self.rows], v], -2)
 
 
-def _orig(module: nn.Module) -> nn.Module:
-    return getattr(module, "original_component", None) or module
-
-
-def _block(block: nn.Module, h: Tensor, mask: Tensor, rope, pos: Tensor, cache: _FixedKV) -> Tensor:
-    """One Llama / Gemma-3 decoder layer from its HF parts (attention called with our mask and cache)."""
-    blk = _orig(block)
-    attn = _orig(blk.self_attn)
-    a, _ = attn(hidden_states=blk.input_layernorm(h), position_embeddings=rope, attention_mask=mask,
-                position_ids=pos, **{cache_kwarg(attn): cache})
-    if hasattr(blk, "post_feedforward_layernorm"):  # Gemma-3: norms around both sublayers
-        h = h + blk.post_attention_layernorm(a)
-        return h + blk.post_feedforward_layernorm(blk.mlp(blk.pre_feedforward_layernorm(h)))
-    h = h + a
-    return h + blk.mlp(blk.post_attention_layernorm(h))
-
-
-def _additive(allowed: torch.BoolTensor, dtype) -> Tensor:
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-
-
 def _length_groups(lengths: list[int], waste: float = 0.2) -> list[tuple[int, int]]:
     """Ranges [lo, hi] of row lengths run together: from the longest down, shorter rows join a group while
     padding them to its length adds at most `waste` of its real tokens (each group costs a pass over the
@@ -219,13 +180,11 @@ class Suffixes:
 
     def __init__(self, model: LoadedModel, resid: Float[Tensor, "b t d"], start: Int[Tensor, "b"],
                  length: Int[Tensor, "b"], layer: int):
-        inner = _decoder(model)
-        cfg = inner.config
-        if getattr(cfg, "use_bidirectional_attention", False):
+        family = model.spec.family
+        if getattr(family.config, "use_bidirectional_attention", False):
             raise TargetError("partial forward does not support bidirectional attention")
-        self.model, self.inner, self.layer = model, inner, layer
-        self.kinds = list(getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers)
-        window = getattr(cfg, "sliding_window", None)
+        self.model, self.family, self.layer = model, family, layer
+        self.kinds = family.layer_types()
         dev, b = resid.device, resid.shape[0]
         P = int(start.max())
         S = int((length - start).max())
@@ -234,7 +193,7 @@ class Suffixes:
         self.cache = _FixedKV()
         c = torch.arange(P, device=dev)
         fixed_pos = c.unsqueeze(0).expand(b, P)
-        fixed_masks = self._masks(c[:, None] >= c[None, :], c[:, None] - c[None, :], window, resid.dtype)
+        fixed_masks = self._masks(c[:, None] >= c[None, :], c[:, None] - c[None, :], resid.dtype)
         if P > 0:
             self._run(resid[:, :P], fixed_pos, {k: m.expand(b, 1, P, P) for k, m in fixed_masks.items()})
         self.cache.rows = torch.arange(b, device=dev)
@@ -247,25 +206,17 @@ class Suffixes:
         keys_abs = torch.cat([c[None, None, :].expand(b, S, P), self.pos[:, None, :].expand(b, S, S)], -1)
         kept = torch.cat([(c[None, :] < start[:, None])[:, None, :].expand(b, S, P),
                           (j[None, :] <= j[:, None])[None].expand(b, S, S)], -1)
-        self.masks = self._masks(kept, q - keys_abs, window, resid.dtype, batched=True)
+        self.masks = self._masks(kept, q - keys_abs, resid.dtype, batched=True)
 
-    def _masks(self, allowed, distance, window, dtype, batched=False) -> dict[str, Tensor]:
-        out = {"full_attention": _additive(allowed, dtype)}
-        if "sliding_attention" in self.kinds:
-            out["sliding_attention"] = _additive(allowed & (distance < window), dtype)
+    def _masks(self, allowed, distance, dtype, batched=False) -> dict[str, Tensor]:
+        out = self.family.masks(allowed, distance, dtype)
         return {k: (m[:, None] if batched else m[None, None]) for k, m in out.items()}
 
-    def _rope(self, h: Tensor, pos: Tensor) -> dict:
-        rotary = self.inner.rotary_emb
-        if _rope_takes_layer_type(rotary):
-            return {k: rotary(h, pos, k) for k in set(self.kinds)}
-        return {k: rotary(h, position_ids=pos) for k in set(self.kinds)}
-
     def _run(self, h: Tensor, pos: Tensor, masks: dict[str, Tensor]) -> Tensor:
-        rope = self._rope(h, pos)
+        rope = self.family.rope(h, pos)
         for i in range(self.layer + 1, len(self.kinds)):
-            h = _block(self.inner.layers[i], h, masks[self.kinds[i]], rope[self.kinds[i]], pos, self.cache)
-        return self.inner.norm(h)
+            h = self.family.block(i, h, rope[self.kinds[i]], masks[self.kinds[i]], self.cache, pos)[0]
+        return self.family.final_norm(h)
 
     def hidden(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"]) -> Float[Tensor, "r S d"]:
         """Final-normed hidden states of the suffixes of `rows`, with `add` added at each row's start
@@ -285,60 +236,8 @@ class Suffixes:
         self.cache.rows = rows
         h = self.suffix[rows, :s].index_put((torch.arange(len(rows), device=add.device), torch.zeros_like(rows)),
                                             add, accumulate=True)
-        keys = self.masks["full_attention"].shape[-1] - self.S + s  # [fixed keys, the first s suffix keys]
+        keys = next(iter(self.masks.values())).shape[-1] - self.S + s  # [fixed keys, the first s suffix keys]
         return self._run(h, self.pos[rows, :s], {k: m[rows, :, :s, :keys] for k, m in self.masks.items()})
-
-
-# ----------------------------------------------------------------------------- Gemma-3 post-norm
-
-
-def norm_gain(norm_module: nn.Module, like: Tensor) -> Float[Tensor, "d"]:
-    """g of an RMSNorm y = g * x / rms(x) (Gemma's 1 + weight included), read off a constant probe."""
-    probe = torch.full((like.shape[-1],), 1e3, dtype=like.dtype, device=like.device)
-    with torch.no_grad():
-        return norm_module(probe)  # rms(probe) = 1e3 (eps is negligible), so this is g
-
-
-def prenorm_target(norm_module: nn.Module, current_prenorm_out: Float[Tensor, "... d"],
-                   desired_postnorm_out: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
-    """The norm input whose output is closest (least squares) to a desired RMSNorm output (Gemma-3's post-norms).
-
-    RMSNorm emits y = g * u with u = x / rms(x), so rms(u) = 1: its outputs are a fixed-size shell, not a
-    space. We solve  min |g * u - y*|^2  s.t. mean(u^2) = 1:  u = g y* / (g^2 + mu), with mu from the
-    constraint (bisection; the constraint is decreasing in mu above -min g^2). When y* can be emitted
-    exactly (e.g. y* = the current output) mu = 0 and the current input comes back. Dividing y* by g
-    instead would blow up channels with small gains and, through the rms, shrink every other channel
-    (on Gemma-3 that made MEMIT's residual grow layer after layer). Channels with zero gain keep their
-    current value; the input keeps the current rms (the norm ignores scale).
-    """
-    x, want = current_prenorm_out.double(), desired_postnorm_out.double()
-    g = norm_gain(norm_module, x)
-    live = g.abs() > 1e-6
-    if not live.any():
-        raise TargetError("post-norm gain is zero everywhere; the target cannot be mapped through the norm")
-    d = x.shape[-1]
-    eps = getattr(norm_module, "eps", getattr(norm_module, "variance_epsilon", 1e-6))
-    rms = x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()
-    fixed = torch.where(live, 0.0, x / rms)  # dead channels: as they are
-    g2 = torch.where(live, g * g, 1.0)
-    num = torch.where(live, g * want, 0.0)
-
-    def size(mu):  # mean(u^2) for this mu; decreasing in mu
-        return ((num / (g2 + mu)).pow(2).sum(-1, keepdim=True) + fixed.pow(2).sum(-1, keepdim=True)) / d
-
-    floor = -g2[live].min()
-    lo = torch.full_like(rms, float(floor) * (1 - 1e-12))
-    hi = torch.ones_like(rms)
-    for _ in range(200):
-        if not (size(hi) > 1).any():
-            break
-        hi = torch.where(size(hi) > 1, hi * 2, hi)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        big = size(mid) > 1
-        lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
-    u = num / (g2 + (lo + hi) / 2) + fixed
-    return (rms * u).to(current_prenorm_out.dtype)
 
 
 # ----------------------------------------------------------------------------- batching prompts

@@ -23,7 +23,6 @@ the corrupted run's most probable token other than r, i.e. the wrong answer the 
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -36,7 +35,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .models import LoadedModel, cache_kwarg
+from .models import LoadedModel
 from .tokens import TokenError, answer_ids, prompt_ids, subject_span
 
 KINDS = ("resid", "attn", "mlp", "attn_window", "mlp_window")
@@ -102,14 +101,9 @@ class TraceResult:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _raw(module):
-    """The HF module under a TransformerBridge wrapper (the bridge replaces HF modules in place)."""
-    return getattr(module, "original_component", module)
-
-
 def embedding_std(model: LoadedModel, chunk: int = 16384) -> float:
     """Std of the embedding layer's outputs over the whole vocabulary (Gemma's scaling included)."""
-    embed = _raw(model.hf_model.get_input_embeddings())
+    embed = model.spec.family.embed
     n = embed.weight.shape[0]
     s = ss = 0.0
     with torch.no_grad():
@@ -203,70 +197,38 @@ def _apply(out: Float[Tensor, "r p d"], patch: tuple[Tensor, Tensor, Tensor] | N
 
 
 class Stack:
-    """The model's decoder layers called one by one, with the HF modules underneath the bridge."""
+    """The model's decoder layers called one by one, through its family adapter (HF modules under the bridge)."""
 
     def __init__(self, model: LoadedModel):
-        hf = model.hf_model
-        inner = hf.model if hasattr(hf, "model") else hf
         self.model = model
-        self.layers = [_raw(b) for b in inner.layers]
-        self.norm = _raw(inner.norm)
-        self.lm_head = _raw(hf.lm_head)
-        self.rotary = _raw(inner.rotary_emb)
-        self.embed = _raw(inner.embed_tokens)
-        cfg = hf.config
-        self.softcap = getattr(cfg, "final_logit_softcapping", None)
-        self.layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * len(self.layers))
-        self.sliding_window = getattr(cfg, "sliding_window", None)
-        self.typed_rope = "layer_type" in inspect.signature(self.rotary.forward).parameters
-        self.post_norm = model.spec.post_norm
+        self.family = model.spec.family
+        self.layers = self.family.layers
+        self.embed = self.family.embed
+        self.kinds = self.family.layer_types()
 
     def rope(self, x: Tensor, positions: Int[Tensor, "p"]) -> dict[str, tuple[Tensor, Tensor]]:
-        pos = positions[None]
-        if self.typed_rope:
-            return {t: self.rotary(x, pos, t) for t in set(self.layer_types)}
-        cos_sin = self.rotary(x, pos)
-        return {t: cos_sin for t in set(self.layer_types)}
+        return self.family.rope(x, positions[None])
 
     def masks(self, start: int, total: int, dtype: torch.dtype) -> dict[str, Float[Tensor, "1 1 q k"]]:
         """Additive masks for queries at positions start..total-1 over keys 0..total-1."""
         q = torch.arange(start, total, device=self.model.device)[:, None]
         k = torch.arange(total, device=self.model.device)[None]
-        lowest = torch.finfo(dtype).min
-        out = {}
-        for t in set(self.layer_types):
-            allowed = k <= q
-            if t == "sliding_attention" and self.sliding_window:
-                allowed &= (q - k) < self.sliding_window
-            out[t] = torch.zeros(allowed.shape, dtype=dtype, device=q.device).masked_fill(~allowed, lowest)[None, None]
-        return out
+        return {t: m[None, None] for t, m in self.family.masks(k <= q, q - k, dtype).items()}
 
     def mlp_out(self, j: int, mid: Float[Tensor, "r p d"]) -> Float[Tensor, "r p d"]:
         """Layer j's MLP output (what `hook_mlp_out` sees) for the post-attention residual `mid`."""
-        layer = self.layers[j]
-        pre_mlp = layer.pre_feedforward_layernorm if self.post_norm else layer.post_attention_layernorm
-        m = _raw(layer.mlp)(_raw(pre_mlp)(mid))
-        return _raw(layer.post_feedforward_layernorm)(m) if self.post_norm else m
+        return self.family.mlp_out(j, mid)
 
     def block(self, j: int, x, rope, mask, cache, patch: _Patch):
         """One decoder layer; returns (block output, attn out, mlp out) with the patches applied."""
-        layer = self.layers[j]
-        kind = self.layer_types[j]
-        attn = _raw(layer.self_attn)
-        a = attn(_raw(layer.input_layernorm)(x), position_embeddings=rope[kind], attention_mask=mask[kind],
-                 **{cache_kwarg(attn): cache})[0]
-        if self.post_norm:
-            a = _raw(layer.post_attention_layernorm)(a)
-        a = _apply(a, patch.attn.get(j))
-        mid = x + a
-        m = _apply(self.mlp_out(j, mid), patch.mlp.get(j))
-        return _apply(mid + m, patch.resid.get(j)), a, m
+        kind = self.kinds[j]
+        out, a, m = self.family.block(j, x, rope[kind], mask[kind], cache,
+                                      on_attn=lambda a: _apply(a, patch.attn.get(j)),
+                                      on_mlp=lambda m: _apply(m, patch.mlp.get(j)))
+        return _apply(out, patch.resid.get(j)), a, m
 
     def unembed(self, h: Float[Tensor, "r d"]) -> Float[Tensor, "r vocab"]:
-        logits = self.lm_head(self.norm(h))
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return self.family.unembed(self.family.final_norm(h))
 
     def scores(self, h: Float[Tensor, "r d"], r: int, r2: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
         """P(r) and logit(r) - logit(r') per row, unembedding `chunk` rows at a time (vocabularies are large)."""

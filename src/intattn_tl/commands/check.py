@@ -79,12 +79,12 @@ def check_hooks(model, ids: Tensor) -> tuple[Row, dict[str, Tensor]]:
 
 
 def through_post_norm(model, kind: str, layer: int, out: Tensor) -> Tensor:
-    """What a module adds to the residual given W's output: Gemma-3 passes it through an RMSNorm first."""
-    if not model.spec.post_norm:
+    """What a module adds to the residual given W's output (Gemma-3 passes it through an RMSNorm first)."""
+    norm = model.spec.family.post_norm(kind, layer)
+    if norm is None:
         return out
-    norms = model.spec.post_mlp_norms if kind == "w_out" else model.spec.post_attn_norms
     with torch.no_grad():
-        return norms[layer](out)
+        return norm(out)
 
 
 def check_projection(model, acts: dict[str, Tensor], kind: str) -> Row:
@@ -100,7 +100,7 @@ def check_projection(model, acts: dict[str, Tensor], kind: str) -> Row:
         if not err <= worst:  # NaN counts as worst
             worst, where = err, l
     tol = tolerance(model.spec.w_out[0].dtype)
-    via = " (through the post-norm)" if model.spec.post_norm else ""
+    via = " (through the post-norm)" if model.spec.family.post_norm(kind, 0) is not None else ""
     return Row(f"spec.{kind} -> {out}{via}", f"max rel. error {worst:.2e} (layer {where})", f"<= {tol:.0e}",
                worst <= tol)
 

@@ -32,5 +32,5 @@ def run(args) -> int:
     m = load_model(args.name, device=args.device, dtype=args.dtype)
     s = m.spec
     print(f"{m.name}: loaded in {time.time() - t0:.1f}s; n_layers={s.n_layers} d_model={s.d_model} d_mlp={s.d_mlp} "
-          f"n_heads={s.n_heads} d_head={s.d_head} post_norm={s.post_norm} dtype={args.dtype}")
+          f"n_heads={s.n_heads} d_head={s.d_head} {s.family.describe()} dtype={args.dtype}")
     return 0

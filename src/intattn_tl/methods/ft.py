@@ -6,7 +6,8 @@ W to W0 +- norm_constraint after each step). Stops once the loss is below early_
 
 Only W_out[l] changes, so the model below block l is fixed: we run it once, keep the MLP keys k and the
 residual h after block l, and each step recomputes just h + (change of the MLP output) through the
-layers above (targets.logits_from). The change is k dW^T (Llama) or norm(Wk + k dW^T) - norm(Wk) (Gemma-3).
+layers above (targets.logits_from). The change is the family adapter's `residual_change`: k dW^T (Llama-style)
+or norm(Wk + k dW^T) - norm(Wk) (Gemma-3's post-norm).
 """
 
 from __future__ import annotations
@@ -68,12 +69,7 @@ def _below(model: LoadedModel, ids: Tensor, layer: int) -> tuple[Tensor, Tensor]
 def mlp_change(model: LoadedModel, layer: int, k: Float[Tensor, "b t d_mlp"],
                dW: Float[Tensor, "d_model d_mlp"]) -> Float[Tensor, "b t d_model"]:
     """How the block's residual output moves when W_out[layer] becomes W + dW."""
-    if not model.spec.post_norm:
-        return k @ dW.T
-    W = model.spec.w_out[layer]
-    norm = model.spec.post_mlp_norms[layer]
-    out = k @ W.T
-    return norm(out + k @ dW.T) - norm(out)
+    return model.spec.family.residual_change("w_out", layer, k, dW)
 
 
 @register("ft", FTHparams, batch=False)

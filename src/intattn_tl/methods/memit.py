@@ -12,7 +12,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -109,22 +108,9 @@ def edit_statistics(model: LoadedModel, sites: list[tuple[str, int]], hp, state:
 
 def to_module_space(model: LoadedModel, kind: str, layer: int, K: Float[Tensor, "n d_in"],
                     R: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
-    """The change of W k that moves the module's *residual contribution* by R.
-
-    Llama-style: the same R. Gemma-3 adds norm(v), v = W k, to the residual; an RMSNorm can only emit
-    outputs of a fixed size per direction, so v* is the norm input whose output is closest to
-    norm(v) + R (targets.prenorm_target, least squares); the next layers' residual recomputation absorbs
-    what the norm could not emit. Channels whose gain is 0 (real Gemma-3 weights have some) keep their value.
-    """
-    if not model.spec.post_norm:
-        return R
-    from ..targets import prenorm_target
-
-    norm = (model.spec.post_mlp_norms if kind == "w_out" else model.spec.post_attn_norms)[layer]
-    W = getattr(model.spec, kind)[layer]
-    with torch.no_grad():
-        v = K.to(W.dtype) @ W.T
-        return prenorm_target(norm, v, norm(v) + R.to(v.dtype)) - v
+    """The change of W k that moves the module's *residual contribution* by R (the family adapter's
+    `output_change`: R itself without a post-norm; through the norm, least squares, with one)."""
+    return model.spec.family.output_change(kind, layer, K, R)
 
 
 Solver = Callable[[int, Tensor, Tensor], Tensor]  # (layer, R [d_out, n], K [d_in, n]) -> delta

@@ -9,7 +9,7 @@ update (its Eq. 2) is the smallest change in the C^-1 metric that makes W k* = v
 
 (ROME's code mixes keys: C^-1 k* from the averaged key, but W k and the denominator from the bare prompt's
 key; R-ROME (r_rome.py) uses one key throughout.) Gemma-3 adds norm(W k) to the residual, so v* is first
-mapped back through the post-feed-forward norm (targets.prenorm_target).
+mapped back through the post-feed-forward norm (the family adapter's `output_target`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import Tensor
 from ..editing import EditError, EditState, WeightTransaction, register
 from ..keys import mlp_keys
 from ..models import LoadedModel
-from ..targets import prenorm_target, target_deltas
+from ..targets import target_deltas
 from .memit import TargetFields, check_layers, check_target_layer, edit_prefixes, edit_statistics, target_hparams
 
 
@@ -62,14 +62,10 @@ def rank_one(W: Float[Tensor, "d_out d_in"], k: Float[Tensor, "d_in"], v: Float[
 
 def value_target(model: LoadedModel, layer: int, k_bare: Float[Tensor, "d_mlp"],
                  delta: Float[Tensor, "d_model"]) -> Float[Tensor, "d_model"]:
-    """v*: the bare prompt's W_out k moved by `delta` in residual space (mapped through Gemma's norm)."""
+    """v*: the bare prompt's W_out k moved by `delta` in residual space (through a post-norm if any)."""
     W = model.spec.w_out[layer]
     with torch.no_grad():
-        out = W @ k_bare.to(W.dtype)
-        if not model.spec.post_norm:
-            return out + delta.to(out.dtype)
-        norm = model.spec.post_mlp_norms[layer]
-        return prenorm_target(norm, out, norm(out) + delta.to(out.dtype))
+        return model.spec.family.output_target("w_out", layer, W @ k_bare.to(W.dtype), delta)
 
 
 def rome_update(model: LoadedModel, record, hp: ROMEHparams, state: EditState,
