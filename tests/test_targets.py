@@ -184,3 +184,16 @@ def test_injected_accuracy_measures_the_targets(tiny_llama):
             resid[0, s] += d
             pred = logits_from(tiny_llama, resid, 1)[0, len(head) - 1:].argmax(-1).tolist()
         assert float(got) == sum(p == a for p, a in zip(pred, ans)) / len(ans)
+
+
+def test_targets_on_a_bfloat16_model():
+    # bfloat16 weights and residuals, float32 master delta: the optimisation runs and the target works
+    from intattn_tl.models import load_model
+
+    model = load_model("tiny-llama", dtype="bfloat16")
+    record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
+    hp = TargetHparams(v_lr=0.5, v_lr_units="absolute", v_num_grad_steps=30, clamp_norm_factor=20.0)
+    delta, _ = optimize_deltas(model, [record], 0, hp, ["", "Hi. "])
+    assert delta.dtype == torch.float32 and torch.isfinite(delta).all()
+    zero = injected_accuracy(model, [record], 0, torch.zeros_like(delta))
+    assert float(injected_accuracy(model, [record], 0, delta)[0]) > float(zero[0])

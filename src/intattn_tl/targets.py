@@ -225,7 +225,7 @@ class Suffixes:
         Suffix lengths vary a lot (2 to 24 tokens on WikiData_counterfact, mean 5.5), so one padded batch
         would spend most of its matmuls on padding: rows run in groups of similar length instead."""
         length = self.real[rows].sum(1)
-        out = add.new_zeros(len(rows), self.S, add.shape[-1])
+        out = add.new_zeros(len(rows), self.S, add.shape[-1], dtype=self.suffix.dtype)  # model dtype (bf16 models too)
         for lo, s in _length_groups(length.tolist()):
             idx = torch.nonzero((length >= lo) & (length <= s))[:, 0]
             out[idx, :s] = self._suffix_hidden(rows[idx], add[idx], s) * self.real[rows[idx], :s, None]
@@ -235,7 +235,7 @@ class Suffixes:
         """`hidden` for rows whose suffixes all have length s: the first s suffix positions, no padding."""
         self.cache.rows = rows
         h = self.suffix[rows, :s].index_put((torch.arange(len(rows), device=add.device), torch.zeros_like(rows)),
-                                            add, accumulate=True)
+                                            add.to(self.suffix.dtype), accumulate=True)
         keys = next(iter(self.masks.values())).shape[-1] - self.S + s  # [fixed keys, the first s suffix keys]
         return self._run(h, self.pos[rows, :s], {k: m[rows, :, :s, :keys] for k, m in self.masks.items()})
 
