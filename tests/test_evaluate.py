@@ -289,3 +289,20 @@ def test_pre_edit_metrics_on_smollm(smollm, wiki_records):
                            "locality": {}}) for r in recs]
     s_truth = summarize(evaluate(smollm, truth, EvalConfig(fluency=False, progress=False)))
     assert s_truth["edit_succ"] > s["edit_succ"]  # the model prefers the true fact
+
+
+@pytest.mark.real_model
+def test_cached_batched_generation_and_answer_argmax_on_smollm(smollm, wiki_records):
+    prompts = [r.prompt for r in wiki_records[:3]] + ["Hi"]  # different lengths in one batch
+    max_len = max(len(prompt_ids(smollm.tokenizer, p)) for p in prompts) + 12
+    batched = sample_texts(smollm, prompts, max_len=max_len, do_sample=False, batch_size=4)
+    assert batched == [_greedy_text(smollm, p, max_len) for p in prompts]  # cached == uncached, batched == single
+    sampled = sample_texts(smollm, prompts, max_len=max_len, seed=1, batch_size=4)
+    assert sampled == [sample_texts(smollm, [p], max_len=max_len, seed=1)[0] for p in prompts]
+    # the unembedding at answer positions only gives the argmax of the full logits
+    pairs = [(prompt_ids(smollm.tokenizer, r.prompt), answer_ids(smollm.tokenizer, r.prompt, r.target_new))
+             for r in wiki_records[:8]]
+    with torch.no_grad():
+        full = [smollm.bridge(torch.tensor([p + a]))[0, len(p) - 1: len(p) + len(a) - 1].argmax(-1).tolist()
+                for p, a in pairs]
+    assert answer_argmax(smollm, pairs, batch_size=8) == full
