@@ -5,9 +5,11 @@ BIN     := $(VENV)/bin
 MODEL   ?= smollm2-135m
 # The CPU build kept on this project's machines; elsewhere `make setup TORCH=torch` takes PyPI's default.
 TORCH   ?= torch==2.13.0
-LIMIT   ?= 100
+LIMIT   ?= 20
+# THREADS=1 when other jobs share the cores (torch's default otherwise)
+THREADS ?=
 
-.PHONY: help setup run test test-fast bench clean-cache trace reproduce-table1 reproduce-table2 reproduce-figures sweep-alpha
+.PHONY: help setup run eval test test-fast bench clean-cache trace reproduce-table1 reproduce-table2 reproduce-figures sweep-alpha
 # QUICK=1 shrinks every reproduction to a few-minute smoke test (T = 4, 8).
 QUICK   ?=
 OUT     ?= runs
@@ -25,8 +27,11 @@ $(BIN)/intattn: pyproject.toml
 
 setup: $(BIN)/intattn  ## create .venv and install the toolkit with its test extras
 
-run: setup  ## the main job: evaluate the default model on WikiData_counterfact (MODEL=, LIMIT=)
-	$(BIN)/intattn eval --model $(MODEL) --dataset wiki_counterfact --limit $(LIMIT)
+run: setup  ## trace a fact, read α, edit LIMIT=20 records with MEMIT and IntAttn-Edit, evaluate, roll back -> runs/demo (MODEL=, THREADS=1)
+	$(BIN)/intattn demo --model $(MODEL) --limit $(LIMIT) --out $(OUT)/demo $(if $(THREADS),--threads $(THREADS),)
+
+eval: setup  ## evaluate the unedited model on the first LIMIT WikiData_counterfact records
+	$(BIN)/intattn eval --model $(MODEL) --dataset wiki_counterfact --limit $(LIMIT) $(if $(THREADS),--threads $(THREADS),)
 
 test: setup  ## the whole test suite (tiny models + the real SmolLM2 model)
 	$(BIN)/python -m pytest -q

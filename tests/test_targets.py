@@ -7,8 +7,8 @@ import torch
 
 from intattn_tl.data import EditRecord
 from intattn_tl.targets import (
-    Suffixes, TargetError, TargetHparams, _batch, _cache_path, _length_groups, hidden_from, logits_from, optimize_deltas,
-    prenorm_target, residual_at, target_deltas,
+    Suffixes, TargetError, TargetHparams, _batch, _cache_path, _length_groups, hidden_from, injected_accuracy, logits_from,
+    optimize_deltas, prenorm_target, residual_at, step_scale, target_deltas,
 )
 from intattn_tl.tokens import answer_ids, prompt_ids
 
@@ -99,7 +99,7 @@ def test_optimisation_lowers_target_loss_tiny(tiny_llama):
     # must get much likelier (the final norm bounds the logits); later tokens only see the delta through random attention, so they only
     # have to improve.
     record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
-    hp = TargetHparams(v_num_grad_steps=30, clamp_norm_factor=20.0)
+    hp = TargetHparams(v_lr=0.5, v_lr_units="absolute", v_num_grad_steps=30, clamp_norm_factor=20.0)
     delta, stats = optimize_deltas(tiny_llama, [record], 0, hp, ["", "Hi. "])
     before = _target_nll(tiny_llama, record, 0, torch.zeros(tiny_llama.spec.d_model))
     after = _target_nll(tiny_llama, record, 0, delta[0])
@@ -192,3 +192,41 @@ def test_subject_at_position_zero(tiny_llama):
     record = EditRecord(id="z0", prompt="Z is", subject="Z", target_new="Q", ground_truth=("x",))
     delta, stats = optimize_deltas(tiny_llama, [record], 1, TargetHparams(v_num_grad_steps=3), [""])
     assert torch.isfinite(delta).all() and float(delta.norm()) > 0
+
+
+def test_resid_rms_step_is_absolute_step_scaled_by_the_residual(tiny_gemma):
+    # Adam moves u = delta / rms(h) by ~lr, so "resid_rms" with lr c is "absolute" with lr c * rms(h): the same
+    # trajectory, which is what makes one relative step size fit models whose residual norms differ 20x.
+    record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
+    b = _batch(tiny_gemma, [record], [""])
+    h0 = residual_at(tiny_gemma, b.ids, 1)[0, b.subject[0]]
+    rms = float(step_scale(TargetHparams(v_lr_units="resid_rms"), h0[None]))
+    assert rms > 2  # a Gemma residual (sqrt(d)-scaled embeddings): the two parameterisations really differ
+    rel, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05, v_lr_units="resid_rms",
+                                                                      v_num_grad_steps=8), [""])
+    absolute = dict(v_lr_units="absolute", v_num_grad_steps=8)
+    ab, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05 * rms, **absolute), [""])
+    small, _ = optimize_deltas(tiny_gemma, [record], 1, TargetHparams(v_lr=0.05, **absolute), [""])
+    torch.testing.assert_close(rel, ab, atol=1e-4 * rms, rtol=1e-3)
+    assert float(small.norm()) < 0.5 * float(rel.norm())
+    with pytest.raises(TargetError, match="v_lr_units"):
+        TargetHparams(v_lr_units="percent")
+
+
+def test_injected_accuracy_measures_the_targets(tiny_llama):
+    records = [EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",)),
+               EditRecord(id="b", prompt="Bobo plays the", subject="Bobo", target_new="oboe", ground_truth=("x",))]
+    zero = injected_accuracy(tiny_llama, records, 1, torch.zeros(2, tiny_llama.spec.d_model))
+    delta, _ = optimize_deltas(tiny_llama, records, 1, TargetHparams(v_num_grad_steps=40, clamp_norm_factor=20.0), [""])
+    hit = injected_accuracy(tiny_llama, records, 1, delta)
+    assert zero.shape == hit.shape == (2,)
+    assert float(hit.mean()) > float(zero.mean())
+    for r, d, got in zip(records, delta, hit):  # the same number through the partial forward
+        tok = tiny_llama.tokenizer
+        head, ans = prompt_ids(tok, r.prompt), answer_ids(tok, r.prompt, r.target_new)
+        s = len(prompt_ids(tok, r.prompt[: r.prompt.index(r.subject) + len(r.subject)])) - 1
+        with torch.no_grad():
+            resid = residual_at(tiny_llama, torch.tensor([head + ans[:-1]]), 1).clone()
+            resid[0, s] += d
+            pred = logits_from(tiny_llama, resid, 1)[0, len(head) - 1:].argmax(-1).tolist()
+        assert float(got) == sum(p == a for p, a in zip(pred, ans)) / len(ans)

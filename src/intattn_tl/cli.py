@@ -15,6 +15,7 @@ COMMANDS = {
     "trace": "causal tracing of attention/MLP/residual sites; writes arrays, CSV, figures and alpha",
     "edit": "apply a batch of edits with one method and print pre/post metrics",
     "reproduce": "reproduce the paper's tables and figures",
+    "demo": "the method in miniature: trace a fact, read alpha, edit with MEMIT and IntAttn-Edit, evaluate, roll back",
 }
 
 
