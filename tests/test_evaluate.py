@@ -11,7 +11,7 @@ import torch
 from intattn_tl.data import EditRecord, Probe
 from intattn_tl.evaluate import (
     EvalConfig, LocalityReference, answer_argmax, evaluate, fluency, format_table, locality_reference,
-    ngram_entropy, sample_texts, summarize, token_accuracy, words,
+    ngram_entropy, pick_next, sample_texts, summarize, token_accuracy, words,
 )
 from intattn_tl.models import byte_tokenizer
 from intattn_tl.tokens import answer_ids, prompt_ids
@@ -49,22 +49,26 @@ def test_token_accuracy():
         token_accuracy([1, 2], [1, 2, 3])
 
 
-class RepeatBridge:
-    """A fake model whose prediction at every position is the token already there."""
+class RepeatLM:
+    """A fake HF model whose prediction at every position is the token already there: the hidden state is
+    the token's one-hot vector, the unembedding the identity."""
 
     def __init__(self, vocab: int):
         self.vocab = vocab
         self.calls = 0
 
-    def __call__(self, ids):
+    def model(self, input_ids):
         self.calls += 1
-        return torch.nn.functional.one_hot(ids, self.vocab).float()
+        return SimpleNamespace(last_hidden_state=torch.nn.functional.one_hot(input_ids, self.vocab).float())
+
+    def get_output_embeddings(self):
+        return lambda h: h
 
 
 def fake_model():
     tok = byte_tokenizer()
     tok.padding_side = "right"
-    return SimpleNamespace(name="fake", tokenizer=tok, bridge=RepeatBridge(len(tok)), device=torch.device("cpu"))
+    return SimpleNamespace(name="fake", tokenizer=tok, hf_model=RepeatLM(len(tok)), device=torch.device("cpu"))
 
 
 def test_answer_argmax_positions_by_hand():
@@ -108,22 +112,45 @@ def test_exact_match_equals_greedy_generation(name, request):
     assert pred[:4] == greedy[:4] and pred != wrong
 
 
+def _greedy_text(model, prompt: str, max_len: int) -> str:
+    ids = prompt_ids(model.tokenizer, prompt)
+    return model.tokenizer.decode(_greedy(model, ids, max(max_len - len(ids), 0)), skip_special_tokens=True)
+
+
+PROMPTS = ["Hello", "The capital of France is", "A much longer prompt than the others, to pad", "Hi"]
+
+
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
 def test_cached_generation_matches_uncached_greedy(name, request):
     model = request.getfixturevalue(name)
-    prompts = ["Hello", "The capital of France is"]  # different lengths: left padding in one batch
-    got = sample_texts(model, prompts, max_len=30, do_sample=False, batch_size=2)
-    for prompt, text in zip(prompts, got):
-        ids = prompt_ids(model.tokenizer, prompt)
-        want = model.tokenizer.decode(_greedy(model, ids, 30 - len(ids)), skip_special_tokens=True)
-        assert text == want
+    # different lengths in one batch: left padding, a mask and per-row positions must all be right
+    got = sample_texts(model, PROMPTS, max_len=50, do_sample=False, batch_size=4)
+    assert got == [_greedy_text(model, p, 50) for p in PROMPTS]
 
 
-def test_sampling_is_seeded(tiny_llama):
-    a = sample_texts(tiny_llama, ["Hello there"], max_len=25, seed=1)
-    assert a == sample_texts(tiny_llama, ["Hello there"], max_len=25, seed=1)
-    assert a != sample_texts(tiny_llama, ["Hello there"], max_len=25, seed=2)
-    assert a[0].startswith("Hello there") and len(a[0]) > len("Hello there")
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_gemma"])
+def test_sampling_is_independent_of_batching(name, request):
+    model = request.getfixturevalue(name)
+    together = sample_texts(model, PROMPTS, max_len=40, seed=3, batch_size=4)
+    alone = [sample_texts(model, [p], max_len=40, seed=3)[0] for p in PROMPTS]
+    assert together == alone == sample_texts(model, PROMPTS[::-1], max_len=40, seed=3, batch_size=3)[::-1]
+    assert len(set(together)) == len(PROMPTS)
+
+
+def test_pick_next_samples_the_top_k_distribution():
+    logits = torch.tensor([[0.0, 2.0, 1.0, -5.0]]).expand(4000, 4)
+    u = torch.rand(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = pick_next(logits, 2, u)
+    assert set(got.tolist()) == {1, 2}  # only the top 2
+    p1 = 1 / (1 + math.exp(-1.0))  # softmax over the top two logits (2, 1)
+    assert abs((got == 1).double().mean().item() - p1) < 0.03
+    assert pick_next(logits[:1], None, None).tolist() == [1]  # greedy
+    assert pick_next(logits[:2], 3, torch.tensor([0.0, 1.0])).tolist() == [1, 0]  # CDF ends, clamped
+
+
+def test_prompt_longer_than_max_len_is_kept_whole(tiny_llama):
+    (text,) = sample_texts(tiny_llama, ["A prompt of more than ten bytes"], max_len=10)
+    assert text == "A prompt of more than ten bytes"
 
 
 # ----------------------------------------------------------------------------- records
@@ -211,9 +238,9 @@ def test_reference_is_computed_once(tiny_llama):
     recs = [record(i) for i in range(5)]
     cfg = EvalConfig(fluency=False, progress=False, batch_size=100)
     ref = locality_reference(m, recs, cfg)
-    assert m.bridge.calls == 1  # 10 locality prompts, one padded batch
+    assert m.hf_model.calls == 1  # 10 locality prompts, one padded batch
     evaluate(m, recs, cfg, locality_ref=ref)
-    assert m.bridge.calls == 2  # edit + rephrase + portability + locality prompts together: one more batch
+    assert m.hf_model.calls == 2  # edit + rephrase + portability + locality prompts together: one more batch
     assert isinstance(ref, LocalityReference)
 
 
@@ -262,3 +289,20 @@ def test_pre_edit_metrics_on_smollm(smollm, wiki_records):
                            "locality": {}}) for r in recs]
     s_truth = summarize(evaluate(smollm, truth, EvalConfig(fluency=False, progress=False)))
     assert s_truth["edit_succ"] > s["edit_succ"]  # the model prefers the true fact
+
+
+@pytest.mark.real_model
+def test_cached_batched_generation_and_answer_argmax_on_smollm(smollm, wiki_records):
+    prompts = [r.prompt for r in wiki_records[:3]] + ["Hi"]  # different lengths in one batch
+    max_len = max(len(prompt_ids(smollm.tokenizer, p)) for p in prompts) + 12
+    batched = sample_texts(smollm, prompts, max_len=max_len, do_sample=False, batch_size=4)
+    assert batched == [_greedy_text(smollm, p, max_len) for p in prompts]  # cached == uncached, batched == single
+    sampled = sample_texts(smollm, prompts, max_len=max_len, seed=1, batch_size=4)
+    assert sampled == [sample_texts(smollm, [p], max_len=max_len, seed=1)[0] for p in prompts]
+    # the unembedding at answer positions only gives the argmax of the full logits
+    pairs = [(prompt_ids(smollm.tokenizer, r.prompt), answer_ids(smollm.tokenizer, r.prompt, r.target_new))
+             for r in wiki_records[:8]]
+    with torch.no_grad():
+        full = [smollm.bridge(torch.tensor([p + a]))[0, len(p) - 1: len(p) + len(a) - 1].argmax(-1).tolist()
+                for p, a in pairs]
+    assert answer_argmax(smollm, pairs, batch_size=8) == full

@@ -97,3 +97,46 @@ def test_reproduce_cli_quick_on_tiny_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "zsre" in out and "**T = 8**" in out and "MEMIT" in out
     assert json.loads((tmp_path / "table1-tiny-llama" / "run.json").read_text())["sizes"] == [4, 8]
+
+
+def test_one_sequence_equals_separate_cells_and_rolls_back(tiny_llama, tmp_path):
+    import torch
+
+    from intattn_tl.data import load_edits
+    from intattn_tl.evaluate import locality_reference
+    from intattn_tl.reproduce import run_cell, run_sequence
+
+    records = load_edits("wiki_counterfact", limit=3)
+    run = TableRun(model="tiny-llama", out=tmp_path, eval_cfg=EvalConfig(fluency_max_len=90, progress=False))
+    ref = locality_reference(tiny_llama, records, run.eval_cfg)
+    before = {k: v.clone() for k, v in tiny_llama.hf_model.state_dict().items()}
+    for method in ("rome", "ft"):  # (R-ROME runs ROME's code with another key)
+        got = {}
+        run_sequence(tiny_llama, method, records, [3, 1], run, ref, lambda T, s, r: got.__setitem__(T, (s, r)))
+        assert all(torch.equal(v, before[k]) for k, v in tiny_llama.hf_model.state_dict().items())  # rolled back
+        assert sorted(got) == [1, 3] and all(s["sequence"] == [1, 3] for s, _ in got.values())
+        assert got[3][0]["edit_seconds"] >= got[1][0]["edit_seconds"] > 0
+        for T in (1, 3):
+            summary, rows = run_cell(tiny_llama, method, records[:T], run, ref)
+            # the same rows, texts and NaNs included, hence the same summary
+            assert json.dumps(rows, sort_keys=True) == json.dumps(got[T][1], sort_keys=True), (method, T)
+            assert len(rows) == T and rows[0]["text"]
+            metrics = lambda s: {k: v for k, v in s.items() if not k.endswith("seconds") and k != "sequence"}  # noqa: E731
+            assert json.dumps(metrics(summary), sort_keys=True) == json.dumps(metrics(got[T][0]), sort_keys=True)
+
+
+def test_sequential_methods_share_one_sequence_and_resume(tmp_path):
+    run = TableRun(table="table2", model="tiny-llama", sizes=(2, 3), methods=("ft",), out=tmp_path,
+                   eval_cfg=EvalConfig(fluency=False, progress=False))
+    cells_dir = run_table(run) / "cells"
+    first = json.loads((cells_dir / "ft-T3.json").read_text())
+    assert first["sequence"] == [2, 3] and json.loads((cells_dir / "ft-T2.json").read_text())["sequence"] == [2, 3]
+    assert "sequence" not in json.loads((cells_dir / "pre-edit-T3.json").read_text())
+    # only the largest cell missing: a plain 3-edit sequence, the same numbers; T = 2 is not recomputed
+    stamp = (cells_dir / "ft-T2.json").stat().st_mtime_ns
+    (cells_dir / "ft-T3.json").unlink()
+    run_table(run)
+    again = json.loads((cells_dir / "ft-T3.json").read_text())
+    assert again["sequence"] == [3] and (cells_dir / "ft-T2.json").stat().st_mtime_ns == stamp
+    assert {k: v for k, v in again.items() if not k.endswith("seconds") and k != "sequence"} == \
+        {k: v for k, v in first.items() if not k.endswith("seconds") and k != "sequence"}

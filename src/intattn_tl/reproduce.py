@@ -6,6 +6,12 @@ the dataset's test split are edited (batch methods in one batch; ROME / R-ROME /
 another), then all T records are evaluated after the last edit. Each finished cell is written atomically to
 `<out>/cells/<method>-T<T>.json` (+ per-record CSV); a re-run skips finished cells and never reports a
 half-finished one.
+
+One-edit-at-a-time methods run all their missing sizes as ONE sequence (`run_sequence`): the state after
+the first T edits of a 500-edit sequence is the state after a 100-edit run, so the T = 100 / 300 cells are
+evaluated at those checkpoints instead of re-editing from scratch (900 edits become 500). Each such cell
+lists the checkpoints of its sequence under `sequence`. Only missing cells are checkpoints: with just
+T = 500 missing, the sequence is the plain 500-edit run.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from tqdm.auto import tqdm
 
 from .data import load_edits
-from .editing import edit, get_method
+from .editing import EditState, edit, get_method
 from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
@@ -34,7 +41,8 @@ COLUMNS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locali
 TABLES = {"table1": "zsre", "table2": "wiki_counterfact"}
 SEMANTICS = ("For each (method, T): the unedited model (previous edits rolled back bit-exactly); the first T "
              "records of the test split edited (MEMIT/AlphaEdit/IntAttn-Edit in one batch, ROME/R-ROME/FT one "
-             "edit after another); all T records evaluated after the last edit.")
+             "edit after another, the sizes of one method as checkpoints of one sequence); all T records "
+             "evaluated after the T-th edit.")
 
 
 @dataclass
@@ -118,20 +126,47 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+def _evaluate_cell(model: LoadedModel, records, run: TableRun, ref) -> tuple[dict, list[dict]]:
+    t0 = time.time()
+    rows = evaluate(model, records, run.eval_cfg, locality_ref=ref)
+    return {**summarize(rows), "eval_seconds": time.time() - t0}, rows
+
+
 def run_cell(model: LoadedModel, method: str, records, run: TableRun, ref) -> tuple[dict, list[dict]]:
     """Edit `records` with `method`, evaluate them, roll back. Returns (summary, per-record rows)."""
-    t0 = time.time()
     if method == "pre-edit":
-        rows = evaluate(model, records, run.eval_cfg, locality_ref=ref)
-        return {**summarize(rows), "edit_seconds": 0.0, "eval_seconds": time.time() - t0}, rows
+        summary, rows = _evaluate_cell(model, records, run, ref)
+        return {**summary, "edit_seconds": 0.0}, rows
     hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
+    t0 = time.time()
     result = edit(model, records, method=method, hparams=hp, progress=run.eval_cfg.progress)
     t_edit = time.time() - t0
     try:
-        rows = evaluate(model, records, run.eval_cfg, locality_ref=ref)
+        summary, rows = _evaluate_cell(model, records, run, ref)
     finally:
         result.rollback()
-    return {**summarize(rows), "edit_seconds": t_edit, "eval_seconds": time.time() - t0 - t_edit}, rows
+    return {**summary, "edit_seconds": t_edit}, rows
+
+
+def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int], run: TableRun, ref,
+                 on_cell: Callable[[int, dict, list[dict]], None]) -> None:
+    """One edit after another over records[:max(checkpoints)] (one EditState: prefixes and statistics of
+    the unedited model, as a single run has), evaluating records[:T] after the T-th edit for every
+    checkpoint T and handing (T, summary, rows) to `on_cell` at once. Rolls every edit back at the end."""
+    checkpoints = sorted(set(checkpoints))
+    hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
+    state, done, t_edit, results = EditState(), 0, 0.0, []
+    try:
+        for T in checkpoints:
+            t0 = time.time()
+            results.append(edit(model, records[done:T], method=method, hparams=hp, state=state,
+                                progress=run.eval_cfg.progress))
+            t_edit, done = t_edit + time.time() - t0, T
+            summary, rows = _evaluate_cell(model, records[:T], run, ref)
+            on_cell(T, {**summary, "edit_seconds": t_edit, "sequence": checkpoints}, rows)
+    finally:
+        for result in reversed(results):  # each restores the weights it found: back to the originals
+            result.rollback()
 
 
 class ReproduceError(ValueError):
@@ -139,7 +174,7 @@ class ReproduceError(ValueError):
 
 
 # EvalConfig fields that change the numbers (batch sizes and progress bars do not)
-SCORING = ("fluency", "fluency_max_len", "fluency_top_k", "exact_match", "seed")
+SCORING = ("fluency", "fluency_max_len", "fluency_top_k", "exact_match", "seed", "fluency_sampling")
 
 
 def _run_record(run: TableRun, path: Path) -> dict:
@@ -199,18 +234,49 @@ def run_table(run: TableRun) -> Path:
         check_resume(run, done, settings)
         records = load_edits(run.dataset, limit=max(run.sizes))
         ref = locality_reference(model, records, run.eval_cfg)  # pre-edit predictions, computed once
-        bar = tqdm(todo, desc=f"{run.table} cells", unit="cell")
-        for method, T in bar:
-            bar.set_postfix_str(f"{method} T={T}")
-            summary, rows = run_cell(model, method, records[:T], run, ref)
-            summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=str(model.device),
-                           settings={**settings[method], "code": code_version()})
-            _write_rows(out / "cells" / f"{method}-T{T}.csv", rows)
-            write_json(out / "cells" / f"{method}-T{T}.json", summary, _cell_key(method, T))
-            if run.wandb:
-                _log_wandb(run, method, T, summary, rows)
+        bar = tqdm(total=len(todo), desc=f"{run.table} cells", unit="cell")
+
+        def finish(method: str, T: int, summary: dict, rows: list[dict]) -> None:
+            _write_cell(run, method, T, summary, rows, str(model.device), settings[method])
+            bar.update()
+
+        for method, sizes in _plan(todo):
+            bar.set_postfix_str(f"{method} T={','.join(map(str, sizes))}")
+            if _sequential(method):
+                run_sequence(model, method, records, sizes, run, ref, lambda T, s, r, m=method: finish(m, T, s, r))
+            else:
+                finish(method, sizes[0], *run_cell(model, method, records[:sizes[0]], run, ref))
+        bar.close()
     write_table(run)
     return out
+
+
+def _sequential(method: str) -> bool:
+    return method != "pre-edit" and not get_method(method).batch
+
+
+def _plan(todo: list[tuple[str, int]]) -> list[tuple[str, list[int]]]:
+    """The missing cells as work items: one per cell, except one per method (all its sizes, one edit
+    sequence) for the one-edit-at-a-time methods."""
+    items: list[tuple[str, list[int]]] = []
+    for method, T in todo:
+        if _sequential(method) and items and items[-1][0] == method:
+            items[-1][1].append(T)
+        else:
+            items.append((method, [T]))
+    return items
+
+
+def _write_cell(run: TableRun, method: str, T: int, summary: dict, rows: list[dict], device: str,
+                settings: dict) -> None:
+    from .settings import code_version
+
+    summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=device,
+                   settings={**settings, "code": code_version()})
+    _write_rows(run.dir / "cells" / f"{method}-T{T}.csv", rows)
+    write_json(run.dir / "cells" / f"{method}-T{T}.json", summary, _cell_key(method, T))
+    if run.wandb:
+        _log_wandb(run, method, T, summary, rows)
 
 
 def _log_wandb(run: TableRun, method: str, T: int, summary: dict, rows: list[dict]) -> None:
