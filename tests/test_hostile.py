@@ -312,6 +312,9 @@ def test_output_paths_checked_before_work(tmp_path, no_model, capsys):
     assert "is a folder" in _err(capsys)
     assert main(["reproduce", "table2", "--out", str(tmp_path / "file")]) == 2
     assert "not a folder" in _err(capsys)
+    if Path("/proc/self").is_dir():  # a folder where nothing can be created, even by root
+        assert main([*EDIT, "--save", "/proc/no-such-dir/e.pt"]) == 2
+        assert "not writable" in _err(capsys)
 
 
 def test_missing_output_folder_is_created_and_filled(tmp_path, cache, capsys):

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import tempfile
 import types
 import typing
 from pathlib import Path
@@ -198,9 +199,18 @@ def writable_dir(path: str | Path, create: bool = True) -> Path:
     base = next(p for p in (path, *path.absolute().parents) if p.exists())
     if not base.is_dir():
         raise CheckError(f"cannot create folder {path}: {base} is not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
+    if not _can_create_in(base):
         raise CheckError(f"folder {base} is not writable")
     return path
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Really try: permission bits say nothing to root, or on read-only and virtual file systems."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def writable_file(path: str | Path, create: bool = True) -> Path:
@@ -209,8 +219,11 @@ def writable_file(path: str | Path, create: bool = True) -> Path:
     if path.is_dir() or str(path).endswith(os.sep):
         raise CheckError(f"{path} is a folder; give a file name")
     writable_dir(path.parent, create)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise CheckError(f"{path} is not writable")
+    if path.exists():
+        try:
+            open(path, "ab").close()  # appends nothing; fails where the file cannot be written
+        except OSError as err:
+            raise CheckError(f"{path} is not writable: {err.strerror}") from None
     return path
 
 
