@@ -18,9 +18,7 @@ import torch
 
 
 def z_layer(model, method: str, hp) -> int:
-    if method in ("rome", "r-rome"):
-        return hp.layer(model)
-    return hp.resolved_layers(model)[-1]
+    return hp.layer(model) if method in ("rome", "r-rome") else hp.target_layer(model)
 
 
 def main() -> None:

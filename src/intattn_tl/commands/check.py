@@ -158,7 +158,7 @@ def check_target(model, records, hp, state) -> Row:
     from ..methods.memit import edit_prefixes, target_hparams
     from ..targets import injected_accuracy, target_deltas
 
-    layer = hp.resolved_layers(model)[-1]
+    layer = hp.target_layer(model)
     deltas = target_deltas(model, records, layer, target_hparams(hp), prefixes=edit_prefixes(model, hp, state))
     acc = injected_accuracy(model, records, layer, deltas)
     worst = int(acc.argmin())
