@@ -3,7 +3,7 @@
 MEMIT's lam*C term keeps W k unchanged for the keys the model usually sees. We run the corpus through
 the model in fixed-length chunks, one forward per batch of chunks with hooks on every requested layer,
 and accumulate sum k k^T in float64 (each batch's product in float32, which is exact enough for 1k-token
-batches and twice as fast on CPU). Each (kind, layer) is stored as its own file keyed by the model's
+batches and twice as fast on CPU) on the device the layer runs on; the finished E[k k^T] is kept on the CPU. Each (kind, layer) is stored as its own file keyed by the model's
 weights, the corpus and the token count, so a method needing a few layers loads only those.
 """
 
@@ -109,7 +109,7 @@ def _accumulate(model: LoadedModel, sites: list[tuple[Kind, int]], chunks: Tenso
     tok = model.tokenizer
     bos = [tok.bos_token_id] if tok.bos_token_id is not None and tok("a")["input_ids"][0] == tok.bos_token_id else []
     names = {key_site(kind, layer): (kind, layer) for kind, layer in sites}
-    sums = {site: torch.zeros(_dim(model, site[0]), _dim(model, site[0]), dtype=torch.float64) for site in sites}
+    sums: dict = {}  # on each layer's device (a split model's GPUs), to the CPU at the end
     stop = max(layer for _, layer in sites) + 1
     count = 0
     for b0 in tqdm(range(0, len(chunks), BATCH), desc="second moments", disable=not progress, unit="batch"):
@@ -118,13 +118,15 @@ def _accumulate(model: LoadedModel, sites: list[tuple[Kind, int]], chunks: Tenso
 
         def grab(x, hook, name):
             k = _flat(name, x.detach())[:, len(bos):].reshape(-1, _dim(model, names[name][0])).float()
-            sums[names[name]] += (k.T @ k).double().cpu()  # BOS keys are attention-sink outliers: skipped
+            kk = (k.T @ k).double()  # BOS keys are attention-sink outliers: skipped
+            site = names[name]
+            sums[site] = sums[site].add_(kk) if site in sums else kk
 
         hooks = [(name, lambda x, hook, name=name: grab(x, hook, name)) for name in names]
         with torch.no_grad():
             model.bridge.run_with_hooks(ids, fwd_hooks=hooks, stop_at_layer=min(stop, model.spec.n_layers))
         count += batch.numel()
-    return sums, count
+    return {site: total.cpu() for site, total in sums.items()}, count
 
 
 def second_moments(model: LoadedModel, sites: list[tuple[Kind, int]], n_tokens: int = 100_000, corpus=None,

@@ -39,7 +39,8 @@ def subject_activations(
     model: LoadedModel, records: list[EditRecord], sites: list[str], prefixes: list[str] | None = None,
     subject_tokens: SubjectTokens = "last",
 ) -> dict[str, Float[Tensor, "n d"]]:
-    """Activations at hook `sites` (e.g. "blocks.3.mlp.hook_post") at the subject, mean over prefixes.
+    """Activations at hook `sites` (e.g. "blocks.3.mlp.hook_post") at the subject, mean over prefixes,
+    each on the device its layer runs on.
 
     One forward per batch of prefixed prompts, stopped after the highest layer any site needs.
     """
@@ -70,10 +71,11 @@ def subject_activations(
             # Right padding: every prompt's own positions are unchanged by the batch.
             rows = torch.stack([got[s][j, a:b].mean(0) for j, (a, b) in enumerate(spans[b0:b0 + BATCH])])
             sums[s] = torch.cat([sums[s], rows]) if s in sums else rows
-    idx = torch.tensor(owner, device=model.device)
     out = {}
-    for s in sites:
-        total = torch.zeros(len(records), sums[s].shape[-1], dtype=torch.float64, device=model.device)
+    for s in sites:  # each site's keys stay on its layer's device (a split model's weights live there too)
+        dev = sums[s].device
+        total = torch.zeros(len(records), sums[s].shape[-1], dtype=torch.float64, device=dev)
+        idx = torch.tensor(owner, device=dev)
         out[s] = (total.index_add_(0, idx, sums[s].double()) / len(prefixes)).to(sums[s].dtype)
     return out
 

@@ -135,9 +135,14 @@ class LoadedModel:
     spec: ModelSpec
     hf_model: nn.Module
 
+    offload_dir: object = field(default=None, repr=False)  # a TemporaryDirectory kept alive with the model
+
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go: the embedding's execution device (a split model's layers run elsewhere too)."""
+        from .devices import execution_device
+
+        return execution_device(self.spec.family.embed)
 
 
 # ----------------------------------------------------------------------------- fetching GGUF files
@@ -313,7 +318,7 @@ def _dequantize(name: str, dtype: torch.dtype):
     return model, tok
 
 
-def _load_known_hf(name: str, dtype: torch.dtype):
+def _load_known_hf(name: str, dtype: torch.dtype, placement: dict | None = None):
     """GGUF -> HF model in `dtype`, dequantized once and cached as safetensors (one verified cache per dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -324,7 +329,7 @@ def _load_known_hf(name: str, dtype: torch.dtype):
         problem = cache_problem(out, pkg.sha256)
         if problem is None:
             try:
-                model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype)
+                model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype, **(placement or {}))
                 tok = AutoTokenizer.from_pretrained(out)
             except Exception as err:  # hashes match but transformers cannot read it: rebuild, never trust
                 problem = f"unreadable ({type(err).__name__}: {err})"
@@ -396,11 +401,11 @@ def tiny_model(kind: str = "llama", seed: int = 0, n_layers: int = 4):
     return model.eval(), tok
 
 
-def _load_hub_or_dir(name: str, dtype: torch.dtype):
+def _load_hub_or_dir(name: str, dtype: torch.dtype, placement: dict | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **(placement or {}))
         tok = AutoTokenizer.from_pretrained(name)
     except Exception as err:
         raise ModelLoadError(
@@ -441,26 +446,37 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def load_model(
-    name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32
+    name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
+    device_map: str | dict | None = None, max_memory: dict | None = None, offload_folder: str | None = None,
 ) -> LoadedModel:
     """Load a known offline model, a tiny test model, a Hugging Face id or a local model directory.
 
     `dtype` is the weights' and the computation's dtype: float32 is the reference; bfloat16 halves the memory
-    (the 1.5B Qwen needs ~7.4 GB RSS in float32). Known models keep one dequantized cache per dtype."""
+    (the 1.5B Qwen needs ~7.4 GB RSS in float32). Known models keep one dequantized cache per dtype.
+    `device_map` ("auto", or {HF module name: device}) splits the model over devices with accelerate instead
+    of putting it on `device`; `max_memory` ({0: "70GiB", 1: "70GiB", "cpu": "100GiB"}) bounds "auto"; what
+    fits nowhere is offloaded to `offload_folder` (a temporary folder by default). See devices.py."""
     from transformer_lens.model_bridge import TransformerBridge
 
+    from .devices import dispatch, execution_device
     from .families import family_class
 
     dtype = as_dtype(dtype)
+    placement, offload = None, None
+    if device_map is not None:
+        if offload_folder is None:
+            offload = tempfile.TemporaryDirectory(prefix="intattn-offload-")
+            offload_folder = offload.name
+        placement = dict(device_map=device_map, max_memory=max_memory, offload_folder=offload_folder)
     entry = KNOWN_MODELS.get(name_or_path)
     if entry == "tiny":
         hf_model, tok = tiny_model(name_or_path.removeprefix("tiny-"))
         bridge_name = name_or_path.replace("-", "/", 1)
         hf_model = hf_model.to(dtype)
     elif isinstance(entry, GGUFPackage):
-        hf_model, tok, bridge_name = _load_known_hf(name_or_path, dtype)
+        hf_model, tok, bridge_name = _load_known_hf(name_or_path, dtype, placement)
     elif Path(name_or_path).is_dir() or "/" in name_or_path:
-        hf_model, tok, bridge_name = _load_hub_or_dir(name_or_path, dtype)
+        hf_model, tok, bridge_name = _load_hub_or_dir(name_or_path, dtype, placement)
     else:
         raise ModelLoadError(
             f"Unknown model {name_or_path!r}. Known models: {', '.join(KNOWN_MODELS)}; "
@@ -469,16 +485,24 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    hf_model = hf_model.to(device).eval()
     family_class(hf_model.config)  # an unsupported architecture is refused before the bridge boots
+    if placement is None:
+        hf_model = hf_model.to(device)
+    elif not getattr(hf_model, "hf_device_map", None):  # tiny models, a cache built just now: dispatch in memory
+        hf_model = dispatch(hf_model, device_map, max_memory, offload_folder)
+    hf_model.eval()
+    device = device if placement is None else execution_device(hf_model.get_input_embeddings())
     bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=hf_model, tokenizer=tok, device=device, dtype=dtype)
-    return LoadedModel(name=name_or_path, bridge=bridge, tokenizer=tok, spec=build_spec(name_or_path, hf_model, bridge), hf_model=hf_model)
+    return LoadedModel(name=name_or_path, bridge=bridge, tokenizer=tok, spec=build_spec(name_or_path, hf_model, bridge),
+                       hf_model=hf_model, offload_dir=offload)
 
 
 def weights_fingerprint(model: LoadedModel) -> str:
     """sha256 over every parameter's bytes: keys caches to the exact weights they were computed from."""
+    from .devices import named_stored
+
     h = hashlib.sha256(model.name.encode())
-    for pname, p in model.hf_model.named_parameters():
+    for pname, p in named_stored(model.hf_model):  # offloaded weights too (their parameters are meta placeholders)
         h.update(pname.encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()[:16]

@@ -26,7 +26,7 @@ def solve_delta(R: Float[Tensor, "d_out n"], K: Float[Tensor, "d_in n"], C: Floa
     """D = R K^T (lam C + K K^T)^-1, computed as (A^-1 K R^T)^T with A symmetric."""
     if R.shape[1] != K.shape[1] or C.shape != (K.shape[0], K.shape[0]):
         raise ValueError(f"shape mismatch: R {tuple(R.shape)}, K {tuple(K.shape)}, C {tuple(C.shape)}")
-    R, K, C = R.double(), K.double(), C.double().to(K.device)
+    R, K, C = R.double().to(K.device), K.double(), C.double().to(K.device)  # on the keys' (= weight's) device
     A = lam * C + K @ K.T
     return _sym_solve(A, K @ R.T).T
 
@@ -45,6 +45,6 @@ def solve_projected(R: Float[Tensor, "d_out n"], K: Float[Tensor, "d_in n"], P: 
     X = (P K R^T - P M X) / l2 lies in range(P), so D = D P and D k0 = 0 whenever P k0 = 0.
     The system is not symmetric, hence the general solver.
     """
-    R, K, P = R.double(), K.double(), P.double().to(K.device)
+    R, K, P = R.double().to(K.device), K.double(), P.double().to(K.device)
     A = P @ (K @ K.T + K_prev_cov.double().to(K.device)) + l2 * torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
     return torch.linalg.solve(A, P @ K @ R.T).T

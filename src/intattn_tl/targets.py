@@ -118,19 +118,19 @@ def hidden_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int) -
     h = resid
     for i in range(layer + 1, family.n_layers):
         out = family.layers[i](h, attention_mask=masks[kinds[i]], position_embeddings=rope[kinds[i]], position_ids=pos)
-        h = out[0] if isinstance(out, tuple) else out
-    return family.final_norm(h)
+        h = out[0] if isinstance(out, tuple) else out  # each layer's hook moves h onto its device
+    return family.final_norm(h).to(resid.device)
 
 
 def unembed(model: LoadedModel, h: Float[Tensor, "m d"]) -> Float[Tensor, "m vocab"]:
-    return model.spec.family.unembed(h)
+    return model.spec.family.unembed(h).to(model.device)  # the head may sit on another device
 
 
 def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
                 where: torch.BoolTensor | None = None) -> Tensor:
     """Logits of the full model given the output of block `layer`; only at `where` ([m, vocab]) if given."""
     h = hidden_from(model, resid, layer)
-    return unembed(model, h[where] if where is not None else h)
+    return unembed(model, h[where.to(h.device)] if where is not None else h)
 
 
 # ----------------------------------------------------------------------------- fast path: suffixes only
@@ -150,8 +150,9 @@ class _FixedKV:
             return k, v
         if layer_idx not in self.kv:  # no fixed positions at all (every row starts at 0)
             return k, v
-        fk, fv = self.kv[layer_idx]
-        return torch.cat([fk[self.rows], k], -2), torch.cat([fv[self.rows], v], -2)
+        fk, fv = self.kv[layer_idx]  # on that layer's device
+        rows = self.rows.to(fk.device)
+        return torch.cat([fk[rows], k], -2), torch.cat([fv[rows], v], -2)
 
 
 def _length_groups(lengths: list[int], waste: float = 0.2) -> list[tuple[int, int]]:
@@ -214,9 +215,10 @@ class Suffixes:
 
     def _run(self, h: Tensor, pos: Tensor, masks: dict[str, Tensor]) -> Tensor:
         rope = self.family.rope(h, pos)
+        home = h.device
         for i in range(self.layer + 1, len(self.kinds)):
             h = self.family.block(i, h, rope[self.kinds[i]], masks[self.kinds[i]], self.cache, pos)[0]
-        return self.family.final_norm(h)
+        return self.family.final_norm(h).to(home)
 
     def hidden(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"]) -> Float[Tensor, "r S d"]:
         """Final-normed hidden states of the suffixes of `rows`, with `add` added at each row's start
@@ -324,7 +326,7 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     """The optimisation itself (no cache): one padded batch for all `records`."""
     b = _batch(model, records, prefixes)
     n = len(records)
-    resid = residual_at(model, b.ids, layer).detach()
+    resid = residual_at(model, b.ids, layer).detach().to(model.device)  # from layer's device to the batch's
     sf = Suffixes(model, resid, b.subject, b.length, layer)
     labels = torch.where(sf.real, b.labels.gather(1, sf.pos.clamp(max=b.ids.shape[1] - 1)), -100)
     kl_pos = torch.where(b.kl >= 0, b.kl - b.subject, -1)
@@ -388,12 +390,12 @@ def injected_accuracy(model: LoadedModel, records: list[EditRecord], layer: int,
         chunk = rows[b0:b0 + batch]
         t = max(len(ids) for ids, *_ in chunk)
         ids = torch.tensor([x + [tok.pad_token_id] * (t - len(x)) for x, *_ in chunk], device=model.device)
-        subj = torch.tensor([s for *_, s in chunk], device=model.device)
-        add = deltas[b0:b0 + len(chunk)].to(model.device)
+        subj = torch.tensor([s for *_, s in chunk])
+        add = deltas[b0:b0 + len(chunk)]
 
-        def inject(x, hook):
+        def inject(x, hook):  # x is on the device of `layer`
             x = x.clone()
-            x[torch.arange(len(chunk), device=x.device), subj] += add.to(x.dtype)
+            x[torch.arange(len(chunk), device=x.device), subj.to(x.device)] += add.to(x)
             return x
 
         with torch.no_grad():

@@ -189,7 +189,7 @@ class _Patch:
 def _apply(out: Float[Tensor, "r p d"], patch: tuple[Tensor, Tensor, Tensor] | None) -> Float[Tensor, "r p d"]:
     if patch is None:
         return out
-    rows, pos, value = patch
+    rows, pos, value = (t.to(out.device) for t in patch)  # `out` is on its layer's device
     idx = torch.arange(out.shape[0], device=out.device)
     out = out.clone()
     out[idx, pos] = torch.where(rows[:, None], value, out[idx, pos])
@@ -217,18 +217,19 @@ class Stack:
 
     def mlp_out(self, j: int, mid: Float[Tensor, "r p d"]) -> Float[Tensor, "r p d"]:
         """Layer j's MLP output (what `hook_mlp_out` sees) for the post-attention residual `mid`."""
-        return self.family.mlp_out(j, mid)
+        return self.family.mlp_out(j, mid).to(mid.device)
 
     def block(self, j: int, x, rope, mask, cache, patch: _Patch):
-        """One decoder layer; returns (block output, attn out, mlp out) with the patches applied."""
+        """One decoder layer; returns (block output, attn out, mlp out) with the patches applied, on x's device
+        (the layer itself runs on its own: tracing keeps all per-layer records on one device)."""
         kind = self.kinds[j]
         out, a, m = self.family.block(j, x, rope[kind], mask[kind], cache,
                                       on_attn=lambda a: _apply(a, patch.attn.get(j)),
                                       on_mlp=lambda m: _apply(m, patch.mlp.get(j)))
-        return _apply(out, patch.resid.get(j)), a, m
+        return tuple(t.to(x.device) for t in (_apply(out, patch.resid.get(j)), a, m))
 
     def unembed(self, h: Float[Tensor, "r d"]) -> Float[Tensor, "r vocab"]:
-        return self.family.unembed(self.family.final_norm(h))
+        return self.family.unembed(self.family.final_norm(h)).to(h.device)
 
     def scores(self, h: Float[Tensor, "r d"], r: int, r2: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
         """P(r) and logit(r) - logit(r') per row, unembedding `chunk` rows at a time (vocabularies are large)."""
@@ -405,7 +406,8 @@ class _Runs:
             if j == n_layers or not order:
                 continue
             samples = torch.arange(n, device=x.device).repeat(len(order))
-            prefix = {j: (self.kv[j][0][samples, :, :t], self.kv[j][1][samples, :, :t])}
+            kv = self.kv[j]  # recorded on layer j's device
+            prefix = {j: (kv[0][samples.to(kv[0].device), :, :t], kv[1][samples.to(kv[1].device), :, :t])}
             patch = _Patch()
             for module in ("attn", "mlp"):
                 hit = torch.tensor([sites[i][0] == module + "_window" and j in sites[i][1] for i in order], device=x.device)

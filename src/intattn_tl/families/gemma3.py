@@ -36,12 +36,12 @@ class Gemma3(Llama):
         MEMIT absorbs what the norm could not emit. Channels whose gain is 0 keep their value."""
         W = self.weight(kind, layer)
         with torch.no_grad():
-            v = K.to(W.dtype) @ W.T
+            v = K.to(W) @ W.T
             return self.output_target(kind, layer, v, R) - v
 
     def output_target(self, kind, layer, v, R):
         norm = self.post_norm(kind, layer)
-        return prenorm_target(norm, v, norm(v) + R.to(v.dtype))
+        return prenorm_target(norm, v, norm(v) + R.to(v))
 
     def rope(self, x, pos):
         return {kind: self.rotary(x, pos, kind) for kind in set(self.layer_types())}

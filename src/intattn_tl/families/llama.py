@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from ..devices import execution_device, stored, to_device
 from ..models import ModelLoadError, cache_kwarg
 
 # The hook aliases the project uses (keys, tracing, FT); `check_hooks` verifies them on the booted bridge.
@@ -101,8 +102,9 @@ class Llama:
         return part(self.layers[layer], {"w_out": self.W_OUT, "w_o": self.W_O}[kind])
 
     def weight(self, kind: str, layer: int) -> Float[Tensor, "d_out d_in"]:
-        """A live view in [d_out, d_in] layout (nn.Linear's own): `add_` on it edits the model."""
-        return self.module(kind, layer).weight.data
+        """A live view in [d_out, d_in] layout (nn.Linear's own): `add_` on it edits the model (the stored
+        tensor of an offloaded layer, not its meta placeholder: devices.stored)."""
+        return stored(self.module(kind, layer))
 
     def post_norm(self, kind: str, layer: int) -> nn.Module | None:
         """The norm between module `kind` and the residual stream (None: the output goes straight in)."""
@@ -122,7 +124,7 @@ class Llama:
     def output_target(self, kind: str, layer: int, v: Float[Tensor, "... d"],
                       R: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
         """The module output v* whose residual contribution is the current one (of output v) plus R."""
-        return v + R.to(v.dtype)
+        return v + R.to(v)
 
     # ------------------------------------------------------------------------- running the stack
 
@@ -147,11 +149,18 @@ class Llama:
         cos_sin = self.rotary(x, pos)
         return {kind: cos_sin for kind in set(self.layer_types())}
 
+    def at(self, layer: int, *xs):
+        """`xs` on the device `layer` runs on. We call a layer's parts one by one, below the hook that moves
+        a split model's activations into the layer; outputs stay there (devices.py)."""
+        moved = to_device(xs, execution_device(self.layers[layer]))
+        return moved[0] if len(xs) == 1 else moved
+
     def attn_out(self, layer: int, h: Float[Tensor, "b t d"], rope, mask: Tensor, cache,
                  pos: Tensor | None = None) -> Float[Tensor, "b t d"]:
         """What the attention sublayer adds to the residual (= `hook_attn_out`), called with our mask and cache."""
         blk = self.layers[layer]
         attn = part(blk, self.ATTN)
+        h, rope, mask, pos = self.at(layer, h, rope, mask, pos)
         kw = {} if pos is None else {"position_ids": pos}
         a = attn(hidden_states=part(blk, self.PRE_ATTN_NORM)(h), position_embeddings=rope, attention_mask=mask,
                  **kw, **{cache_kwarg(attn): cache})[0]
@@ -161,13 +170,14 @@ class Llama:
     def mlp_out(self, layer: int, mid: Float[Tensor, "b t d"]) -> Float[Tensor, "b t d"]:
         """What the MLP sublayer adds to the residual (= `hook_mlp_out`) given the post-attention residual."""
         blk = self.layers[layer]
-        m = part(blk, self.MLP)(part(blk, self.PRE_MLP_NORM)(mid))
+        m = part(blk, self.MLP)(part(blk, self.PRE_MLP_NORM)(self.at(layer, mid)))
         norm = self.post_norm("w_out", layer)
         return norm(m) if norm is not None else m
 
     def block(self, layer: int, h: Float[Tensor, "b t d"], rope, mask: Tensor, cache, pos: Tensor | None = None,
               on_attn: Callable[[Tensor], Tensor] | None = None, on_mlp: Callable[[Tensor], Tensor] | None = None):
         """One decoder layer: (output, attn out, mlp out); `on_attn` / `on_mlp` may replace a sublayer's output."""
+        h = self.at(layer, h)  # everything below runs on the layer's device
         a = self.attn_out(layer, h, rope, mask, cache, pos)
         a = on_attn(a) if on_attn else a
         mid = h + a

@@ -164,7 +164,8 @@ def targets_at(model: LoadedModel, records, z_layer: int, hp, prefixes: list[str
     from ..targets import target_deltas
 
     delta = target_deltas(model, records, z_layer, target_hparams(hp), prefixes=prefixes)
-    return resid_post(model, records, z_layer, [""]), delta
+    h = resid_post(model, records, z_layer, [""])
+    return h, delta.to(h.device)  # where layer L runs
 
 
 @register("memit", MEMITHparams, batch=True)

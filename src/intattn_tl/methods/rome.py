@@ -65,7 +65,7 @@ def value_target(model: LoadedModel, layer: int, k_bare: Float[Tensor, "d_mlp"],
     """v*: the bare prompt's W_out k moved by `delta` in residual space (through a post-norm if any)."""
     W = model.spec.w_out[layer]
     with torch.no_grad():
-        return model.spec.family.output_target("w_out", layer, W @ k_bare.to(W.dtype), delta)
+        return model.spec.family.output_target("w_out", layer, W @ k_bare.to(W), delta)
 
 
 def rome_update(model: LoadedModel, record, hp: ROMEHparams, state: EditState,

@@ -1,0 +1,104 @@
+"""A model split over "devices" with accelerate's device_map traces and edits exactly like the unsplit one.
+
+What this proves, on a CPU-only machine: the tiny Qwen2 model is dispatched by accelerate with an explicit
+map that keeps the embedding and layers 0-1 resident and offloads layers 2-3, the final norm and the head
+to disk. Every dispatched module then runs under accelerate's hooks, and the offloaded ones hold meta
+placeholders between calls: their real weights live in accelerate's offload map. So the tests fail if the
+code reads or edits a placeholder instead of the real parameter (an edit of layer 2 would change nothing
+and the edited logits would differ from the unsplit model's; a fingerprint or a rollback would read meta),
+if a partial forward (tracing's fast path, target optimisation's suffix pass, FT's layers above) calls a
+layer's parts without their weights materialised, or if statistics, keys or targets are taken from the
+wrong tensors: tracing grids, MEMIT / IntAttn-Edit / ROME deltas and the edited logits must equal the
+unsplit model's, and rollback must restore every stored tensor bit-for-bit.
+
+What it cannot prove without two GPUs: every module here *executes* on the CPU, so a tensor moved to the
+wrong device cannot raise. The code moves activations with the same helpers on the way (devices.py,
+`Llama.at`, the `.to(...)` at the ends of partial forwards), but a cross-device operation we missed would
+only show up on a real multi-GPU split (README: "Qwen2.5-7B and Mistral-7B on a multi-GPU host").
+"""
+
+import pytest
+import torch
+
+from intattn_tl.data import EditRecord
+from intattn_tl.devices import named_stored
+from intattn_tl.editing import edit
+from intattn_tl.methods.intattn import IntAttnHparams
+from intattn_tl.methods.memit import MEMITHparams
+from intattn_tl.methods.rome import ROMEHparams
+from intattn_tl.models import load_model, weights_fingerprint
+from intattn_tl.tracing import trace_fact
+
+SPLIT = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",
+         "model.layers.2": "disk", "model.layers.3": "disk", "model.norm": "disk", "lm_head": "disk"}
+REC = [EditRecord(id="t/0", prompt="The capital of Spain is", subject="Spain", target_new="Rome", ground_truth=("Madrid",)),
+       EditRecord(id="t/1", prompt="Ada Lovelace was born in", subject="Ada Lovelace", target_new="Paris", ground_truth=("London",))]
+FAST = dict(mom2_n_samples=256, v_num_grad_steps=5, use_prefixes=False)
+IDS = torch.tensor([[ord(c) % 200 for c in "The Eiffel Tower is in"]])
+HPARAMS = {  # layer 1 is resident, layer 2 offloaded: both kinds of weight get edited
+    "memit": MEMITHparams(layers=[1, 2], mom2_update_weight=10.0, **FAST),
+    "intattn": IntAttnHparams(layers=[1, 2], attn_layers=[0, 2], alpha=0.3, mom2_update_weight=10.0,
+                              attn_mom2_update_weight=10.0, **FAST),
+    "rome": ROMEHparams(layers=[2], **FAST),
+}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_model("tiny-qwen2"), load_model("tiny-qwen2", device_map=SPLIT)
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model.bridge(IDS)
+
+
+def _stored(model):
+    return {name: t.clone() for name, t in named_stored(model.hf_model)}
+
+
+def test_split_is_dispatched_offloaded_and_equal(models):
+    plain, split = models
+    assert set(split.hf_model.hf_device_map.values()) == {"cpu", "disk"}
+    down = split.hf_model.model.layers[2].mlp.down_proj
+    assert down.weight.device.type == "meta"  # the parameter is a placeholder: the real weight is elsewhere
+    assert torch.equal(split.spec.w_out[2], plain.spec.w_out[2])  # ... and spec.w_out finds it
+    assert weights_fingerprint(split) == weights_fingerprint(plain)  # caches are shared between the two
+    assert torch.equal(_logits(split), _logits(plain))
+
+
+def test_auto_map_within_max_memory_offloads_the_rest():
+    model = load_model("tiny-qwen2", device_map="auto", max_memory={"cpu": 400_000})
+    assert {"cpu", "disk"} <= set(model.hf_model.hf_device_map.values())
+    assert torch.allclose(_logits(model), _logits(load_model("tiny-qwen2")), atol=1e-5)
+
+
+def test_tracing_on_the_split_model_equals_unsplit(models):
+    plain, split = models
+    args = ("The Eiffel Tower is in", "Eiffel Tower", " Paris")
+    kw = dict(n_samples=2, window=2, kinds=("attn", "mlp_window"))
+    a, b = trace_fact(plain, *args, **kw), trace_fact(split, *args, **kw)
+    assert (a.answer_token, a.contrast_token) == (b.answer_token, b.contrast_token)
+    assert torch.allclose(torch.tensor(b.prob), torch.tensor(a.prob), atol=1e-5)
+    assert torch.allclose(torch.tensor(b.logit_diff), torch.tensor(a.logit_diff), atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["memit", "intattn", "rome"])
+def test_edit_on_the_split_model_equals_unsplit_and_rolls_back(models, method, tmp_path, monkeypatch):
+    plain, split = models
+    results = {}
+    for name, model in (("plain", plain), ("split", split)):
+        monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / name))  # both compute statistics and targets themselves
+        before, logits0 = _stored(model), _logits(model)
+        res = edit(model, REC, method, HPARAMS[method])
+        results[name] = ({k: d.clone() for k, d in res.deltas.items()}, _logits(model))
+        res.rollback()
+        after = _stored(model)
+        assert all(torch.equal(after[k], before[k]) for k in before), f"{name}: rollback not bit-exact"
+        assert torch.equal(_logits(model), logits0)
+    (d_plain, l_plain), (d_split, l_split) = results["plain"], results["split"]
+    assert d_plain.keys() == d_split.keys() and any(k.endswith(".2") for k in d_split)
+    for k in d_plain:
+        assert torch.allclose(d_split[k], d_plain[k], rtol=1e-4, atol=1e-5), k
+    assert not torch.allclose(l_split, _logits(split), atol=1e-3)  # the edit changed what the split model says
+    assert torch.allclose(l_split, l_plain, atol=1e-4)
