@@ -17,6 +17,8 @@ wrong device cannot raise. The code moves activations with the same helpers on t
 only show up on a real multi-GPU split (README: "Qwen2.5-7B and Mistral-7B on a multi-GPU host").
 """
 
+import json
+
 import pytest
 import torch
 
@@ -102,3 +104,30 @@ def test_edit_on_the_split_model_equals_unsplit_and_rolls_back(models, method, t
         assert torch.allclose(d_split[k], d_plain[k], rtol=1e-4, atol=1e-5), k
     assert not torch.allclose(l_split, _logits(split), atol=1e-3)  # the edit changed what the split model says
     assert torch.allclose(l_split, l_plain, atol=1e-4)
+
+
+def test_cli_loads_a_split_model_and_refuses_bad_placements(capsys):
+    from intattn_tl.cli import main
+
+    assert main(["models", "tiny-qwen2", "--device-map", json.dumps(SPLIT)]) == 0
+    assert "device_map: cpu x4, disk x4" in capsys.readouterr().out
+    for argv, message in ((["--device-map", "{oops"], "not 'auto' nor a JSON object"),
+                          (["--device-map", '{"lm_head": "gpu"}'], "not a torch device"),
+                          (["--device-map", '{"lm_head": 99}'], "'cuda:99'"),
+                          (["--device-map", "auto", "--max-memory", "cpu=lots"], "is not a size"),
+                          (["--max-memory", "cpu=1GiB"], "needs --device-map")):
+        assert main(["models", "tiny-qwen2", *argv]) == 2, argv
+        assert message in capsys.readouterr().err, argv
+
+
+@pytest.mark.parametrize("name, short, alpha, attn", [
+    ("Qwen/Qwen2.5-7B", "qwen2.5-7b", 0.3, [2, 3, 4]), ("/data/ckpt/Qwen2.5-7B-Instruct/", "qwen2.5-7b", 0.3, [2, 3, 4]),
+    ("mistralai/Mistral-7B-v0.1", "mistral-7b", 0.1, [3, 4, 5, 6]), ("/data/Mistral-7B-v0.1", "mistral-7b", 0.1, [3, 4, 5, 6])])
+def test_paper_7b_settings_are_found_by_hub_id_or_folder_name(name, short, alpha, attn):
+    from intattn_tl.hparams import hparams_name, load_hparams
+
+    assert hparams_name(name) == short
+    hp = load_hparams("intattn", name)
+    assert (hp.alpha, hp.layers, hp.attn_layers) == (alpha, [4, 5, 6, 7, 8], attn)
+    assert load_hparams("memit", name).layers == [4, 5, 6, 7, 8]
+    assert hparams_name("someone/Other-7B") == "someone/Other-7B"

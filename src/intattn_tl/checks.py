@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import math
 import os
+import re
 import tempfile
 import types
 import typing
@@ -184,6 +185,58 @@ def device(text: str) -> str:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise CheckError(f"unsupported device type {dev.type!r}; use cpu or cuda")
     return text
+
+
+def _placement_device(value, what: str):
+    """One value of a device map / max_memory key: a GPU index, "cpu", "disk" or a usable "cuda:N"."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise CheckError(f"{what}: {value!r} is not a device (a GPU index, 'cpu', 'disk' or 'cuda:N')")
+    if value in ("cpu", "disk"):
+        return value
+    device(f"cuda:{value}" if isinstance(value, int) else value)  # exists here, or a clear error
+    return value
+
+
+@_arg
+def device_map(text: str) -> str | dict:
+    """`--device-map`: accelerate's "auto" (or "balanced", "balanced_low_0", "sequential"), or a JSON object
+    {HF module name: device}, e.g. '{"model.embed_tokens": 0, "model.layers.0": 0, ..., "lm_head": 1}'."""
+    import json
+
+    if text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise CheckError(f"not 'auto' nor a JSON object {{module: device}}: {text!r}") from None
+    if not isinstance(value, dict) or not value:
+        raise CheckError(f"device map must be 'auto' or a non-empty JSON object {{module: device}}, got {text!r}")
+    return {str(k): _placement_device(v, f"device map entry {k!r}") for k, v in value.items()}
+
+
+_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+
+
+@_arg
+def max_memory(text: str) -> dict:
+    """`--max-memory`: per-device budgets, "0=70GiB,1=70GiB,cpu=200GiB" or the same as a JSON object."""
+    import json
+
+    try:
+        pairs = json.loads(text) if text.lstrip().startswith("{") else dict(x.split("=", 1) for x in _items(text))
+    except ValueError:
+        raise CheckError(f"expected DEVICE=SIZE,... (e.g. 0=70GiB,cpu=100GiB) or a JSON object, got {text!r}") from None
+    if not isinstance(pairs, dict):
+        raise CheckError(f"max memory must map devices to sizes, got {text!r}")
+    out = {}
+    for key, size in pairs.items():
+        dev = _placement_device(key.strip() if isinstance(key, str) else key, "max memory")
+        if not (isinstance(size, int) and size > 0) and not (isinstance(size, str) and _SIZE.match(size.strip())):
+            raise CheckError(f"max memory for {key!r}: {size!r} is not a size (bytes, or e.g. 70GiB / 500MB)")
+        out[dev] = size.strip() if isinstance(size, str) else size
+    return out
 
 
 def writable_dir(path: str | Path, create: bool = True) -> Path:

@@ -20,6 +20,21 @@ class HparamsError(ValueError):
     pass
 
 
+# Hugging Face ids of the paper's 7B models (or local checkpoint folders named like their last part) whose
+# YAML files ship under a short name; e.g. `--model /data/Qwen2.5-7B` reads hparams/<method>/qwen2.5-7b.yaml.
+MODEL_ALIASES = {
+    "qwen/qwen2.5-7b": "qwen2.5-7b", "qwen/qwen2.5-7b-instruct": "qwen2.5-7b",
+    "mistralai/mistral-7b-v0.1": "mistral-7b", "mistralai/mistral-7b-instruct-v0.2": "mistral-7b",
+}
+
+
+def hparams_name(model_name: str) -> str:
+    """The name a model's shipped YAML files carry: its own, or the short name of an HF id / folder above."""
+    key = model_name.lower().rstrip("/")
+    by_folder = {hf_id.split("/")[1]: short for hf_id, short in MODEL_ALIASES.items()}
+    return MODEL_ALIASES.get(key) or by_folder.get(key.rsplit("/", 1)[-1]) or model_name
+
+
 def tracing_result(model_name: str) -> dict | None:
     """α and layer sets measured by causal tracing for `model_name`, if committed."""
     path = RESULTS_DIR / f"{model_name}.json"
@@ -46,12 +61,12 @@ def load_hparams(method: str, model_name: str, overrides: dict | None = None, pa
     from .editing import get_method
 
     cls = get_method(method).hparams_cls
-    file = Path(path) if path else HPARAMS_DIR / method / f"{model_name}.yaml"
+    file = Path(path) if path else HPARAMS_DIR / method / f"{hparams_name(model_name)}.yaml"
     values: dict = {}
     if file.exists():
         values = _read_yaml(file)
         declared = values.pop("model_name", None)
-        if declared is not None and declared != model_name:
+        if declared is not None and declared not in (model_name, hparams_name(model_name)):
             raise HparamsError(f"{file} holds hyperparameters for {declared!r}, not {model_name!r}")
     elif path:
         raise HparamsError(f"hyperparameter file {file} not found")

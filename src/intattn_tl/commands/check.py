@@ -264,7 +264,7 @@ def format_rows(rows: list[Row]) -> str:
 
 def add_arguments(p) -> None:
     from ..models import DEFAULT_MODEL
-    from . import add_dtype_argument
+    from . import add_dtype_argument, add_placement_arguments
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
     p.add_argument("--records", type=int, default=10,
@@ -275,6 +275,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
     p.add_argument("--device", default="cpu")
     add_dtype_argument(p)
+    add_placement_arguments(p)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -282,6 +283,7 @@ def run(args) -> int:
     from ..covariance import CHUNK
     from ..data import DataError, load_edits
     from ..models import load_model
+    from . import placement
 
     if args.records < 0:
         raise DataError(f"--records must be >= 0, got {args.records}")
@@ -291,7 +293,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     records = load_edits("wiki_counterfact", limit=args.records, data_dir=args.data_dir) if args.records else []
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, **placement(args))
     t_load = time.time() - t0
     rows = run_checks(model, records, {"mom2_n_samples": args.stats_tokens})
     print(f"intattn check --model {args.model} --dtype {args.dtype}: {sum(r.ok for r in rows)}/{len(rows)} passed")

@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
     from ..data import EDIT_DATASETS
     from ..editing import MAX_PROMPT_TOKENS
     from ..models import DEFAULT_MODEL
-    from . import add_dtype_argument
+    from . import add_dtype_argument, add_placement_arguments
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
     p.add_argument("--method", default="intattn", help="intattn, memit, alphaedit, rome, r-rome, ft (default intattn)")
@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", help="benchmark folder, WikiText-2 included (default $INTATTN_DATA or ../shared/data)")
     p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
+    add_placement_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -88,6 +89,7 @@ def run(args) -> int:
     from ..editing import EditError, EditState, check_hparams, check_lengths, edit
     from ..hparams import HparamsError, load_hparams
     from ..models import load_model
+    from . import placement
 
     try:  # everything that can be checked without the model, before loading it
         hp = load_hparams(args.method, args.model, parse_overrides(args.overrides, args.alpha), path=args.hparams)
@@ -95,7 +97,7 @@ def run(args) -> int:
             hp.mom2_dataset = str(data_path("wikitext2", args.data_dir))
         records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
         groups = batches(records, args.batch_size)
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        model = load_model(args.model, dtype=args.dtype, **placement(args))
         check_hparams(args.method, hp, model)
         check_lengths(model, records, args.max_prompt_tokens)
         if not args.no_eval:

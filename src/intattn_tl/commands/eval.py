@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
     from ..data import EDIT_DATASETS
     from ..editing import MAX_PROMPT_TOKENS
     from ..models import DEFAULT_MODEL
-    from . import add_dtype_argument
+    from . import add_dtype_argument, add_placement_arguments
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
     p.add_argument("--dataset", default="wiki_counterfact", choices=EDIT_DATASETS)
@@ -30,6 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
     p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
+    add_placement_arguments(p)
     p.add_argument("--threads", type=integer(lo=1), help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -49,6 +50,7 @@ def run(args) -> int:
     from ..editing import check_lengths
     from ..evaluate import EvalConfig, evaluate, format_table, summarize
     from ..models import load_model
+    from . import placement
 
     if args.threads:
         import torch
@@ -56,7 +58,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
     t0 = time.time()
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, **placement(args))
     t_load = time.time() - t0
     check_lengths(model, records, args.max_prompt_tokens)
     cfg = EvalConfig(batch_size=args.batch_size, fluency=not args.no_fluency, fluency_max_len=args.fluency_len,

@@ -18,7 +18,7 @@ def _layers(layers):
 
 
 def add_arguments(p) -> None:
-    from . import add_dtype_argument
+    from . import add_dtype_argument, add_placement_arguments
     from ..checks import device, int_list, integer, name_list, out_dir, out_file, real
     from ..tracing import KINDS
 
@@ -34,6 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--kinds", default=None, type=name_list(KINDS), help="comma-separated restoration kinds to trace "
                    "(resid, attn, mlp, attn_window, mlp_window; default: all)")
     add_dtype_argument(p)  # tracing computes in the model's dtype
+    add_placement_arguments(p)
     p.add_argument("--min-ld-gap", type=real(finite=False), default=1.0, help="leave facts whose corruption lowers "
                    "logit(r) - logit(r') by less than this out of the LD averages (see balance.py)")
     p.add_argument("--single", action="store_true", help="choose layers/alpha from single-layer curves, not windows")
@@ -55,6 +56,7 @@ def run(args) -> int:
     from ..data import load_known_facts
     from ..hparams import RESULTS_DIR
     from ..models import load_model
+    from . import placement
     from ..plots import plot_heatmaps, plot_layer_curves
     from ..tracing import KINDS, TraceError, trace_dataset
 
@@ -67,7 +69,7 @@ def run(args) -> int:
     command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
     t0 = time.time()
     kinds = tuple(args.kinds) if args.kinds else KINDS
-    model = load_model(args.model, device=args.device, dtype=args.dtype)
+    model = load_model(args.model, dtype=args.dtype, **placement(args))
     try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
         trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples, noise_scale=args.noise_scale,
                               window=args.window, seed=args.seed, kinds=kinds, store=out / "facts",
