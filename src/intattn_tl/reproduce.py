@@ -53,6 +53,8 @@ class TableRun:
     methods: tuple[str, ...] = METHODS
     out: Path = Path("runs")
     device: str = "cpu"
+    device_map: str | dict | None = None  # a model split over devices (load_model); then `device` is unused
+    max_memory: dict | None = None
     eval_cfg: EvalConfig = field(default_factory=EvalConfig)
     hparam_overrides: dict = field(default_factory=dict)  # method -> {field: value}
     wandb: bool = False
@@ -227,7 +229,7 @@ def run_table(run: TableRun) -> Path:
     todo = [(m, T) for m, T in cells if (m, T) not in done]
     _write_json_atomic(out / "run.json", _run_record(run, out / "run.json"))
     if todo:
-        model = load_model(run.model, device=run.device)
+        model = load_model(run.model, device=run.device, device_map=run.device_map, max_memory=run.max_memory)
         for m in run.methods:  # every method's hyperparameters checked before the first cell runs
             check_hparams(m, load_hparams(m, model.name, run.hparam_overrides.get(m)), model)
         settings = {m: cell_settings(run, m, model) for m in {"pre-edit", *run.methods}}

@@ -40,7 +40,8 @@ def sweep_point(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig,
 
 
 def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Path = Path("runs"),
-              eval_cfg: EvalConfig | None = None, wandb: bool = False, device: str = "cpu") -> Path:
+              eval_cfg: EvalConfig | None = None, wandb: bool = False, device: str = "cpu",
+              placement: dict | None = None) -> Path:
     """All grid points (resuming finished ones) -> `<out>/sweep-<model>-<dataset>-T<T>/points.csv` + figure4.png."""
     eval_cfg = eval_cfg or EvalConfig()
     grid = _check_grid(grid, T)
@@ -48,7 +49,7 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
     done = {p: _read_point(p) for p in sorted((folder / "points").glob("alpha-*.json"))}
     todo = [a for a in grid if folder / "points" / f"alpha-{a:.3f}.json" not in done]
     if todo:
-        model = load_model(model_name, device=device)
+        model = load_model(model_name, **{"device": device, **(placement or {})})  # placement: device(_map), max_memory
         hps = {a: load_hparams("intattn", model.name, {"alpha": a}) for a in todo}
         for hp in hps.values():  # every point checked before the first one runs
             check_hparams("intattn", hp, model)

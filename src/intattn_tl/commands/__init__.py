@@ -28,4 +28,4 @@ def placement(args) -> dict:
         raise CheckError("--max-memory bounds a split model: it needs --device-map (e.g. --device-map auto)")
     if getattr(args, "device_map", None) is None:
         return {"device": args.device}
-    return {"device_map": args.device_map, "max_memory": args.max_memory}
+    return {"device": args.device, "device_map": args.device_map, "max_memory": args.max_memory}

@@ -12,6 +12,7 @@ def add_arguments(p) -> None:
     from ..checks import device, int_list, integer, name_list, out_dir, real_list
     from ..data import EDIT_DATASETS
     from ..reproduce import METHODS
+    from . import add_placement_arguments
 
     p.add_argument("what", choices=["table1", "table2", "sweep-alpha"], help="which experiment")
     p.add_argument("--model", default="smollm2-135m")
@@ -27,11 +28,15 @@ def add_arguments(p) -> None:
     p.add_argument("--no-fluency", action="store_true", help="skip the generation-based Fluency metric")
     p.add_argument("--wandb", action="store_true", help="log every cell / point to W&B (offline unless configured)")
     p.add_argument("--device", default="cpu", type=device)
+    add_placement_arguments(p)
 
 
 def run(args) -> int:
     from ..evaluate import EvalConfig
     from ..reproduce import METHODS, TableRun, run_table
+    from . import placement
+
+    where = placement(args)  # checked before any work
 
     eval_cfg = EvalConfig()
     if args.no_fluency:
@@ -43,7 +48,7 @@ def run(args) -> int:
 
         grid = args.grid or (QUICK_GRID if args.quick else DEFAULT_GRID)
         folder = run_sweep(args.model, args.dataset, 4 if args.quick else args.T, grid, args.out, eval_cfg,
-                           wandb=args.wandb, device=args.device)
+                           wandb=args.wandb, placement=where)
         print((folder / "points.csv").read_text())
         print(f"figure: {folder / 'figure4.png'}")
         return 0
@@ -51,7 +56,8 @@ def run(args) -> int:
     methods = args.methods or METHODS
     out = args.out / "quick" if args.quick and args.out == Path("runs") else args.out
     run_ = TableRun(table=args.what, model=args.model, sizes=sizes, methods=methods, out=out,
-                    device=args.device, eval_cfg=eval_cfg, wandb=args.wandb)
+                    device=args.device, device_map=where.get("device_map"), max_memory=where.get("max_memory"),
+                    eval_cfg=eval_cfg, wandb=args.wandb)
     folder = run_table(run_)
     print((folder / "table.md").read_text())
     print(f"per-record scores: {folder / 'cells'}")
