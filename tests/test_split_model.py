@@ -67,6 +67,11 @@ def test_split_is_dispatched_offloaded_and_equal(models):
     assert torch.equal(split.spec.w_out[2], plain.spec.w_out[2])  # ... and spec.w_out finds it
     assert weights_fingerprint(split) == weights_fingerprint(plain)  # caches are shared between the two
     assert torch.equal(_logits(split), _logits(plain))
+    from intattn_tl.evaluate import answer_argmax, generate
+
+    pairs = [(IDS[0, :6].tolist(), IDS[0, 6:9].tolist()), (IDS[0, :4].tolist(), IDS[0, 4:6].tolist())]
+    assert answer_argmax(split, pairs) == answer_argmax(plain, pairs)
+    assert torch.equal(generate(split, [p for p, _ in pairs], 4), generate(plain, [p for p, _ in pairs], 4))
 
 
 def test_auto_map_within_max_memory_offloads_the_rest():

@@ -1,15 +1,15 @@
 """Models split over several devices (accelerate's `device_map`): where a module runs, where its weights live.
 
 `load_model(..., device_map=...)` dispatches the HF model with accelerate: each decoder layer (and the
-embedding, final norm, head) gets a hook that moves its inputs to its *execution device* and, for
-offloaded modules ("disk", or "cpu" beside a GPU), swaps meta placeholders for the real weights around
-each call. Three rules follow, and this file is where the code keeps them:
+embedding, final norm, head) gets a hook that moves its inputs onto its *execution device*; in an
+offloaded layer ("disk", or "cpu" beside a GPU) every module that owns parameters gets a hook that swaps
+its meta placeholders for the real weights around each call. Two rules follow, and this file is where
+the code keeps them:
 
-- activations are computed where their layer runs (`execution_device`); code that combines tensors of
-  different layers brings them to one device first (`to_device` of the other operand), never assumes one
-  `model.device`;
-- a module called outside its hooked parent (our partial forwards call a layer's attention or MLP alone)
-  runs inside `running(module)`, which materialises offloaded weights as accelerate's hook would;
+- activations are computed where their layer runs (`execution_device`). Our partial forwards call a
+  layer's attention / MLP below the layer's hook, so they move the inputs themselves (`to_device`, in
+  `families.Llama.at`), and code that combines tensors of different layers brings one operand to the
+  other's device; nothing assumes one `model.device` (that is where inputs go: the embedding's device);
 - the edited matrices are the *stored* tensors (`stored`): the parameter itself when it is resident, the
   offload map's tensor when it is offloaded (a meta placeholder has no data; adding to it does nothing).
   An offloaded weight that is read from disk is copied into the offload map's RAM dict on first use, so
@@ -18,7 +18,7 @@ each call. Three rules follow, and this file is where the code keeps them:
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 from typing import Any, Iterator
 
 import torch
@@ -35,7 +35,7 @@ def execution_device(module: nn.Module) -> torch.device:
     dev = getattr(hook, "execution_device", None)
     if dev is not None:
         return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
-    for t in (*module.parameters(), *module.buffers()):
+    for t in itertools.chain(module.parameters(), module.buffers()):
         if t.device.type != "meta":
             return t.device
     return torch.device("cpu")
@@ -50,19 +50,6 @@ def to_device(x: Any, device: torch.device) -> Any:
     if isinstance(x, dict):
         return {k: to_device(v, device) for k, v in x.items()}
     return x
-
-
-@contextlib.contextmanager
-def running(module: nn.Module) -> Iterator[None]:
-    """Offloaded weights of `module` and its children materialised for the duration (no-op otherwise)."""
-    from accelerate.utils import align_module_device
-
-    with contextlib.ExitStack() as stack:
-        for m in module.modules():
-            hook = _hook(m)
-            if hook is not None and getattr(hook, "offload", False):
-                stack.enter_context(align_module_device(m))
-        yield
 
 
 def _offload_map(module: nn.Module, name: str):
