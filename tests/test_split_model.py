@@ -90,14 +90,13 @@ def test_tracing_on_the_split_model_equals_unsplit(models):
     assert torch.allclose(torch.tensor(b.logit_diff), torch.tensor(a.logit_diff), atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["memit", "intattn", "rome"])
-def test_edit_on_the_split_model_equals_unsplit_and_rolls_back(models, method, tmp_path, monkeypatch):
-    plain, split = models
+def _edit_both(plain, split, method, hp, tmp_path, monkeypatch):
+    """Edit both models alike; rollback must be bit-exact on each; the deltas and edited logits must agree."""
     results = {}
     for name, model in (("plain", plain), ("split", split)):
         monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / name))  # both compute statistics and targets themselves
         before, logits0 = _stored(model), _logits(model)
-        res = edit(model, REC, method, HPARAMS[method])
+        res = edit(model, REC, method, hp)
         results[name] = ({k: d.clone() for k, d in res.deltas.items()}, _logits(model))
         res.rollback()
         after = _stored(model)
@@ -109,6 +108,18 @@ def test_edit_on_the_split_model_equals_unsplit_and_rolls_back(models, method, t
         assert torch.allclose(d_split[k], d_plain[k], rtol=1e-4, atol=1e-5), k
     assert not torch.allclose(l_split, _logits(split), atol=1e-3)  # the edit changed what the split model says
     assert torch.allclose(l_split, l_plain, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["memit", "intattn", "rome"])
+def test_edit_on_the_split_model_equals_unsplit_and_rolls_back(models, method, tmp_path, monkeypatch):
+    _edit_both(*models, method, HPARAMS[method], tmp_path, monkeypatch)
+
+
+def test_gemma_split_edit_through_the_post_norm(tmp_path, monkeypatch):
+    """Gemma-3 maps the target through its post-norm, reading W_out directly: offloaded, that is the stored copy."""
+    tied = {**SPLIT, "lm_head": "cpu"}  # Gemma's head is the embedding: one device for both
+    plain, split = load_model("tiny-gemma3"), load_model("tiny-gemma3", device_map=tied)
+    _edit_both(plain, split, "memit", HPARAMS["memit"], tmp_path, monkeypatch)
 
 
 def test_cli_loads_a_split_model_and_refuses_bad_placements(capsys):
