@@ -147,3 +147,12 @@ def test_paper_7b_settings_are_found_by_hub_id_or_folder_name(name, short, alpha
     assert (hp.alpha, hp.layers, hp.attn_layers) == (alpha, [4, 5, 6, 7, 8], attn)
     assert load_hparams("memit", name).layers == [4, 5, 6, 7, 8]
     assert hparams_name("someone/Other-7B") == "someone/Other-7B"
+
+
+def test_intattn_check_mechanics_pass_on_the_split_model(models):
+    from intattn_tl.commands import check
+
+    plain, split = models
+    rows = check.run_checks(split, [])
+    assert [r.ok for r in rows] == [True] * 5, check.format_rows(rows)
+    assert check.param_hashes(split) == check.param_hashes(plain)  # the stored weights, not meta placeholders

@@ -91,12 +91,17 @@ def named_stored(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
 
 
 def dispatch(model: nn.Module, device_map: str | dict, max_memory: dict | None, offload_folder: str) -> nn.Module:
-    """Dispatch an in-memory HF model with accelerate ("auto": accelerate's map within `max_memory`)."""
+    """Dispatch an in-memory HF model with accelerate; a string map is accelerate's strategy of that name
+    within `max_memory`, as `from_pretrained(device_map=...)` does it ("sequential" = "auto" on one GPU)."""
     from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
 
-    if device_map == "auto":
-        device_map = infer_auto_device_map(model, max_memory=max_memory,
-                                           no_split_module_classes=getattr(model, "_no_split_modules", None))
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None)
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                             low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
         if set(device_map) == {""}:
             from .models import ModelLoadError
 

@@ -150,8 +150,10 @@ def param_hashes(model) -> dict[str, str]:
     """A content hash per parameter: compares the weights before and after without a second copy."""
     import xxhash
 
+    from ..devices import named_stored
+
     return {n: xxhash.xxh3_128(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()).hexdigest()
-            for n, p in model.hf_model.named_parameters()}
+            for n, p in named_stored(model.hf_model)}  # offloaded weights too, not their meta placeholders
 
 
 def check_target(model, records, hp, state) -> Row:
