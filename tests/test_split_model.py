@@ -122,6 +122,16 @@ def test_gemma_split_edit_through_the_post_norm(tmp_path, monkeypatch):
     _edit_both(plain, split, "memit", HPARAMS["memit"], tmp_path, monkeypatch)
 
 
+@pytest.mark.parametrize("command", ["eval", "edit", "trace", "models", "check", "reproduce"])
+def test_every_model_loading_command_takes_a_device_map(command):
+    from intattn_tl.cli import build_parser
+    from intattn_tl.commands import placement
+
+    extra = {"trace": ["--out", "x"], "models": [], "reproduce": ["table2"]}.get(command, [])
+    args = build_parser([command]).parse_args([command, *extra, "--device-map", "auto", "--max-memory", "cpu=2GiB"])
+    assert placement(args) == {"device": "cpu", "device_map": "auto", "max_memory": {"cpu": "2GiB"}}
+
+
 def test_cli_loads_a_split_model_and_refuses_bad_placements(capsys):
     from intattn_tl.cli import main
 
