@@ -1,20 +1,21 @@
 """A model split over "devices" with accelerate's device_map traces and edits exactly like the unsplit one.
 
-What this proves, on a CPU-only machine: the tiny Qwen2 model is dispatched by accelerate with an explicit
-map that keeps the embedding and layers 0-1 resident and offloads layers 2-3, the final norm and the head
-to disk. Every dispatched module then runs under accelerate's hooks, and the offloaded ones hold meta
-placeholders between calls: their real weights live in accelerate's offload map. So the tests fail if the
-code reads or edits a placeholder instead of the real parameter (an edit of layer 2 would change nothing
-and the edited logits would differ from the unsplit model's; a fingerprint or a rollback would read meta),
-if a partial forward (tracing's fast path, target optimisation's suffix pass, FT's layers above) calls a
-layer's parts without their weights materialised, or if statistics, keys or targets are taken from the
-wrong tensors: tracing grids, MEMIT / IntAttn-Edit / ROME deltas and the edited logits must equal the
-unsplit model's, and rollback must restore every stored tensor bit-for-bit.
+What this proves, on a CPU-only machine: the tiny Qwen2 model (and Gemma-3, whose post-norm path reads
+W_out directly) is dispatched by accelerate with an explicit map that keeps the embedding and layers 0-1
+resident and offloads layers 2-3 and the final norm (and the head) to disk. Every dispatched module then
+runs under accelerate's hooks, and the offloaded ones hold meta placeholders between calls: their real
+weights live in accelerate's offload map. So the tests fail if the code reads or edits a placeholder
+instead of the real weight (an edit of layer 2 would change nothing and the edited logits would differ
+from the unsplit model's; a fingerprint, `intattn check`'s hashes or a rollback would read meta), and they
+check that every path runs through the dispatched model with the unsplit model's numbers: the partial
+forwards (tracing's fast path, the targets' suffix pass, FT's layers above) call the hooked
+layers, statistics, keys and targets are computed from them, deltas equal, rollback restores every stored
+tensor bit-for-bit, evaluation and generation agree.
 
-What it cannot prove without two GPUs: every module here *executes* on the CPU, so a tensor moved to the
-wrong device cannot raise. The code moves activations with the same helpers on the way (devices.py,
-`Llama.at`, the `.to(...)` at the ends of partial forwards), but a cross-device operation we missed would
-only show up on a real multi-GPU split (README: "Qwen2.5-7B and Mistral-7B on a multi-GPU host").
+What it cannot prove without two GPUs: every module here *executes* on the CPU, so a tensor left on the
+wrong device cannot raise. The code moves activations with a few helpers (devices.py, `Llama.at`, the
+`.to(...)` where partial forwards end and where two layers' tensors meet), but a cross-device operation we
+missed would only show up on a real multi-GPU split (README: "Models larger than one device").
 """
 
 import json
@@ -25,8 +26,11 @@ import torch
 from intattn_tl.data import EditRecord
 from intattn_tl.devices import named_stored
 from intattn_tl.editing import edit
+from intattn_tl.methods.alphaedit import AlphaEditHparams
+from intattn_tl.methods.ft import FTHparams
 from intattn_tl.methods.intattn import IntAttnHparams
 from intattn_tl.methods.memit import MEMITHparams
+from intattn_tl.methods.r_rome import RROMEHparams
 from intattn_tl.methods.rome import ROMEHparams
 from intattn_tl.models import load_model, weights_fingerprint
 from intattn_tl.tracing import trace_fact
@@ -42,6 +46,9 @@ HPARAMS = {  # layer 1 is resident, layer 2 offloaded: both kinds of weight get 
     "intattn": IntAttnHparams(layers=[1, 2], attn_layers=[0, 2], alpha=0.3, mom2_update_weight=10.0,
                               attn_mom2_update_weight=10.0, **FAST),
     "rome": ROMEHparams(layers=[2], **FAST),
+    "r-rome": RROMEHparams(layers=[2], **FAST),
+    "alphaedit": AlphaEditHparams(layers=[1, 2], nullspace_threshold=1e3, **FAST),  # tiny model: a wide null space
+    "ft": FTHparams(layers=[2], lr=5e-3, num_steps=5, norm_constraint=0.0),
 }
 
 
@@ -110,7 +117,7 @@ def _edit_both(plain, split, method, hp, tmp_path, monkeypatch):
     assert torch.allclose(l_split, l_plain, atol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["memit", "intattn", "rome"])
+@pytest.mark.parametrize("method", list(HPARAMS))
 def test_edit_on_the_split_model_equals_unsplit_and_rolls_back(models, method, tmp_path, monkeypatch):
     _edit_both(*models, method, HPARAMS[method], tmp_path, monkeypatch)
 
