@@ -144,6 +144,8 @@ def test_cli_loads_a_split_model_and_refuses_bad_placements(capsys):
 
     assert main(["models", "tiny-qwen2", "--device-map", json.dumps(SPLIT)]) == 0
     assert "device_map: cpu x4, disk x4" in capsys.readouterr().out
+    assert main(["models", "tiny-qwen2", "--device-map", "auto", "--max-memory", "cpu=400000"]) == 0  # bytes
+    assert "disk x" in capsys.readouterr().out
     for argv, message in ((["--device-map", "{oops"], "not 'auto' nor a JSON object"),
                           (["--device-map", '{"lm_head": "gpu"}'], "not a torch device"),
                           (["--device-map", '{"lm_head": 99}'], "'cuda:99'"),

@@ -235,7 +235,8 @@ def max_memory(text: str) -> dict:
         dev = _placement_device(key.strip() if isinstance(key, str) else key, "max memory")
         if not (isinstance(size, int) and size > 0) and not (isinstance(size, str) and _SIZE.match(size.strip())):
             raise CheckError(f"max memory for {key!r}: {size!r} is not a size (bytes, or e.g. 70GiB / 500MB)")
-        out[dev] = size.strip() if isinstance(size, str) else size
+        size = size.strip() if isinstance(size, str) else size
+        out[dev] = int(size) if isinstance(size, str) and size.isdigit() else size  # accelerate: bytes as an int
     return out
 
 
