@@ -1,0 +1,103 @@
+"""Tables across machines: W&B sweep agents filling one folder in parallel, `collect`, and the YAMLs (tiny model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from intattn_tl.cli import main
+from intattn_tl.evaluate import EvalConfig
+from intattn_tl.reproduce import TableRun, run_table
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES, METHODS = (2, 3), ("ft", "memit")  # FT: a one-edit-at-a-time sequence; MEMIT: one batch
+AGENT = """
+import sys
+sys.path.insert(0, {experiments!r})
+from sweep_agent import main
+for method, T in {points!r}:
+    main([f"--table=table2", f"--method={{method}}", f"--T={{T}}", "--sizes=2,3", "--model=tiny-llama",
+          "--fluency=false", "--out={out}"])
+"""
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory) -> Path:
+    """The reference: one process, the whole table, one cell after another."""
+    out = tmp_path_factory.mktemp("sequential")
+    run_table(TableRun(table="table2", model="tiny-llama", sizes=SIZES, methods=METHODS, out=out,
+                       eval_cfg=EvalConfig(fluency=False, progress=False)))
+    return out / "table2-tiny-llama"
+
+
+def _numbers(folder: Path) -> list[dict]:
+    """table.csv without what may differ between runs of the same cells (seconds)."""
+    with (folder / "table.csv").open() as f:
+        return [{k: v for k, v in row.items() if not k.endswith("seconds")} for row in csv.DictReader(f)]
+
+
+def test_two_agents_in_parallel_make_the_sequential_table(sequential, tmp_path):
+    points = [(m, T) for m in ("pre-edit", *METHODS) for T in sorted(SIZES, reverse=True)]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    agents = []
+    for i in range(2):  # agent 0 takes every other grid point, agent 1 the rest; both write into one folder
+        wd = tmp_path / f"agent{i}"
+        wd.mkdir()
+        code = AGENT.format(experiments=str(ROOT / "experiments"), points=points[i::2], out=tmp_path / "shared")
+        agents.append(subprocess.Popen([sys.executable, "-c", code], cwd=wd, env={**env, "WANDB_DIR": str(wd)},
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for a in agents:
+        out, _ = a.communicate(timeout=900)
+        assert a.returncode == 0, out[-3000:]
+    folder = tmp_path / "shared" / "table2-tiny-llama"
+    assert main(["reproduce", "collect", "--out", str(tmp_path / "shared")]) == 1  # the other methods: not run
+    assert main(["reproduce", "collect", "--out", str(tmp_path / "shared"), "--methods", ",".join(METHODS)]) == 0
+    assert _numbers(folder) == _numbers(sequential)
+    for path in sorted((sequential / "cells").glob("*.csv")):  # every per-record score, byte for byte
+        assert (folder / "cells" / path.name).read_text() == path.read_text(), path.name
+    assert not list(folder.rglob("*.tmp"))  # no temporary file left behind
+    # each agent run logged its cell with a W&B Table of per-record scores (offline)
+    tables = [json.loads(p.read_text()) for p in tmp_path.glob("agent*/wandb/offline-run-*/files/media/table/per_record_*.table.json")]
+    assert len(tables) == len(points) and all("edit_succ" in t["columns"] for t in tables)
+    assert sorted(len(t["data"]) for t in tables) == sorted(T for _, T in points)
+    assert (folder / "table.png").stat().st_size > 1000
+
+
+def test_collect_lists_missing_cells_and_logs_an_artifact(sequential, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    shutil.copytree(sequential, tmp_path / sequential.name)
+    folder = tmp_path / sequential.name
+    (folder / "cells" / "memit-T3.json").unlink()
+    assert main(["reproduce", "collect", "--out", str(tmp_path), "--methods", ",".join(METHODS), "--wandb"]) == 1
+    out = capsys.readouterr().out
+    assert "1 missing" in out and "table2-tiny-llama: memit T=3" in out
+    assert "| MEMIT | (not run) |" in (folder / "table.md").read_text()
+    logs = list(folder.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(logs) == 1 and b"table.md" in logs[0].read_bytes()
+    # the expected grid can be narrowed; an empty folder is an error, not a success
+    assert main(["reproduce", "collect", "--out", str(tmp_path), "--methods", "ft"]) == 0
+    assert main(["reproduce", "collect", "--out", str(tmp_path), "--methods", "ft", "--sizes", "2,4"]) == 1
+    assert main(["reproduce", "collect", "--out", str(tmp_path / "nothing")]) == 2
+
+
+def test_sweep_yamls_cover_each_table(tmp_path):
+    for table in ("table1", "table2"):
+        cfg = yaml.safe_load((ROOT / "experiments" / f"sweep_{table}.yaml").read_text())
+        p = cfg["parameters"]
+        assert cfg["method"] == "grid" and cfg["program"] == "experiments/sweep_agent.py"
+        assert p["table"]["value"] == table and set(p["method"]["values"]) == {"pre-edit", "ft", "rome", "r-rome",
+                                                                                 "memit", "alphaedit", "intattn"}
+        assert sorted(p["T"]["values"]) == [int(s) for s in p["sizes"]["value"].split(",")]
+        sys.path.insert(0, str(ROOT / "experiments"))
+        from sweep_agent import parse
+
+        args = parse([f"--{k}={v['value'] if 'value' in v else v['values'][0]}" for k, v in p.items()])
+        assert args.table == table and args.method == "pre-edit"
