@@ -101,3 +101,42 @@ def test_sweep_yamls_cover_each_table(tmp_path):
 
         args = parse([f"--{k}={v['value'] if 'value' in v else v['values'][0]}" for k, v in p.items()])
         assert args.table == table and args.method == "pre-edit"
+
+
+def test_trace_shards_then_collect_equal_the_unsharded_run(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    import intattn_tl.data as data
+    from intattn_tl.data import KnownFact
+    from intattn_tl.tokens import answer_ids
+
+    facts = [KnownFact(str(i), f"I {s} is", s, a, "P1") for i, (s, a) in
+             enumerate([("Paris", "France"), ("Rome", "Italy"), ("Oslo", "Norway"), ("Bern", "Swiss"), ("Kyiv", "Ukraine"),
+                         ("Lima", "Peru"), ("Baku", "Azeri")])]
+    unknown = {"Oslo", "Lima"}  # the model "knows" the others: the selection skips these two
+    monkeypatch.setattr(data, "load_known_facts", lambda: facts)
+    monkeypatch.setattr("intattn_tl.tracing.greedy_token", lambda model, prompt: 0 if prompt.split()[1] in unknown
+                        else answer_ids(model.tokenizer, prompt, next(f.attribute for f in facts if f.prompt == prompt))[0])
+    analysis = ["--attn-width", "1", "--mlp-width", "2", "--min-ld-gap=-inf"]  # how --collect reads the facts too
+    base = ["trace", "--model", "tiny-llama", "--facts", "4", "--samples", "2", "--window", "2",
+            "--kinds", "attn,mlp,attn_window,mlp_window", *analysis]
+    assert main([*base, "--out", str(tmp_path / "one")]) == 0
+    shards = tmp_path / "shards"
+    assert main([*base, "--out", str(shards), "--shard", "1/3"]) == 0
+    assert sorted(p.stem for p in (shards / "facts").glob("*.npz")) == ["1"]  # chosen: 0 1 3 4 (2 unknown); shard 1/3: the 2nd
+    capsys.readouterr()
+    assert main(["trace", "--collect", "--out", str(shards), *analysis]) == 1  # shards 0 and 2 not run yet
+    assert "3 of 4 facts not traced yet" in capsys.readouterr().err and not (shards / "trace.npz").exists()
+    for i in (2, 0):
+        assert main([*base, "--out", str(shards), "--shard", f"{i}/3"]) == 0
+    assert main(["trace", "--collect", "--out", str(shards), *analysis]) == 0
+    one, many = np.load(tmp_path / "one" / "trace.npz"), np.load(shards / "trace.npz")
+    assert sorted(one) == sorted(many)
+    for k in one:
+        np.testing.assert_array_equal(one[k], many[k], err_msg=k)
+    for name in ("effects.csv", "facts.json"):
+        assert (shards / name).read_text() == (tmp_path / "one" / name).read_text(), name
+    rec_one, rec_many = (json.loads((d / "tiny-llama.json").read_text()) for d in (tmp_path / "one", shards))
+    assert rec_one.pop("command") != rec_many.pop("command") and rec_one == rec_many and rec_one["n_facts"] == 4
+    assert (shards / "fig2_last_subject.png").stat().st_size > 1000
+    assert main([*base, "--out", str(shards), "--shard", "3/3"]) == 2  # bad shard: argparse's error
