@@ -140,3 +140,14 @@ def test_trace_shards_then_collect_equal_the_unsharded_run(tmp_path, monkeypatch
     assert rec_one.pop("command") != rec_many.pop("command") and rec_one == rec_many and rec_one["n_facts"] == 4
     assert (shards / "fig2_last_subject.png").stat().st_size > 1000
     assert main([*base, "--out", str(shards), "--shard", "3/3"]) == 2  # bad shard: argparse's error
+
+
+def test_collect_alpha_sweep_lists_missing_points(tmp_path, capsys):
+    from intattn_tl.sweep import run_sweep
+
+    folder = run_sweep("tiny-llama", "zsre", 2, (0.0,), tmp_path, EvalConfig(fluency=False, progress=False))
+    (folder / "points.csv").unlink()
+    assert main(["reproduce", "collect", "--out", str(tmp_path), "--grid", "0,1"]) == 1
+    assert "sweep-tiny-llama-zsre-T2: alpha=1.0" in capsys.readouterr().out
+    assert main(["reproduce", "collect", "--out", str(tmp_path), "--grid", "0"]) == 0
+    assert (folder / "points.csv").read_text().count("\n") == 2 and (folder / "figure4.png").exists()
