@@ -151,3 +151,24 @@ def test_collect_alpha_sweep_lists_missing_points(tmp_path, capsys):
     assert "sweep-tiny-llama-zsre-T2: alpha=1.0" in capsys.readouterr().out
     assert main(["reproduce", "collect", "--out", str(tmp_path), "--grid", "0"]) == 0
     assert (folder / "points.csv").read_text().count("\n") == 2 and (folder / "figure4.png").exists()
+
+
+def _race(args):
+    from intattn_tl.store import write_json, write_once
+
+    path, i = args
+    write_json(Path(path) / "cell.json", {"writer": i, "pad": "x" * 200_000}, "k")  # a big file: renames race
+    return write_once(Path(path) / "settings.json", f"writer {i}")
+
+
+def test_racing_writers_leave_whole_files(tmp_path):
+    from multiprocessing import get_context
+
+    from intattn_tl.store import read_json
+
+    with get_context("spawn").Pool(4) as pool:
+        created = pool.map(_race, [(str(tmp_path), i) for i in range(8)])
+    assert sum(created) == 1  # exactly one writer created settings.json, and its text is whole
+    assert (tmp_path / "settings.json").read_text() == f"writer {created.index(True)}"
+    assert read_json(tmp_path / "cell.json", "k")["writer"] in range(8)  # verifies: one writer's whole file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cell.json", "settings.json"]  # no temporary left

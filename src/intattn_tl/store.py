@@ -82,6 +82,27 @@ def write_text(path: str | Path, text: str) -> Path:
     return _atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def write_once(path: str | Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists; of writers racing to create it exactly one wins (a hard
+    link of a finished temporary file is atomic and fails on an existing name). True if this call created it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: create-if-missing, no longer race-free
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: str | Path, obj: dict, key=None) -> Path:
     """`obj` plus its `_integrity` record (sha256 of the content, the key), atomically."""
     body = {k: v for k, v in obj.items() if k != FIELD}

@@ -35,7 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .models import LoadedModel
-from .store import _atomic, read_json, write_json, write_text
+from .store import _atomic, read_json, write_json, write_once
 from .tokens import TokenError, answer_ids, prompt_ids, subject_span
 
 KINDS = ("resid", "attn", "mlp", "attn_window", "mlp_window")
@@ -599,11 +599,9 @@ def _open_store(store: str | Path | None, settings: dict) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(settings, default=str))
     path = folder / "settings.json"
-    if path.exists():
+    if not write_once(path, json.dumps(settings, indent=1)):  # shards starting together: one writes, all compare
         old = json.loads(path.read_text())
         if old != settings:
             diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
             raise TraceError(f"{folder} holds facts traced with other settings {diff} (stored, now); use another folder")
-    else:
-        write_text(path, json.dumps(settings, indent=1))  # atomic: another shard may be reading it
     return folder
