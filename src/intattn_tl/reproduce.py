@@ -12,6 +12,9 @@ the first T edits of a 500-edit sequence is the state after a 100-edit run, so t
 evaluated at those checkpoints instead of re-editing from scratch (900 edits become 500). Each such cell
 lists the checkpoints of its sequence under `sequence`. Only missing cells are checkpoints: with just
 T = 500 missing, the sequence is the plain 500-edit run.
+
+Across machines, a W&B sweep agent runs one cell (`run_one_cell`, via experiments/sweep_agent.py) into a
+folder it shares with the other agents, and `collect` assembles the table from the cells present.
 """
 
 from __future__ import annotations

@@ -73,7 +73,6 @@ def run(args) -> int:
     from ..tracing import KINDS, TraceError, read_store, trace_dataset
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
     if args.collect:
         trace, missing, stored = read_store(out / "facts")
@@ -91,6 +90,7 @@ def run(args) -> int:
         return 2
     kinds = tuple(args.kinds) if args.kinds else KINDS
     if not args.collect:
+        out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         model = load_model(args.model, device=args.device, dtype=args.dtype)
         try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
