@@ -9,7 +9,7 @@ LIMIT   ?= 20
 # THREADS=1 when other jobs share the cores (torch's default otherwise)
 THREADS ?=
 
-.PHONY: help setup run eval test test-fast bench clean-cache trace reproduce-table1 reproduce-table2 reproduce-figures sweep-alpha
+.PHONY: help setup run eval test test-fast bench clean-cache trace reproduce-table1 reproduce-table2 reproduce-figures sweep-alpha collect
 # QUICK=1 shrinks every reproduction to a few-minute smoke test (T = 4, 8).
 QUICK   ?=
 OUT     ?= runs
@@ -53,6 +53,9 @@ reproduce-table1: setup  ## Table 1: the same on KnowEdit ZsRE
 
 sweep-alpha: setup  ## Figure 4: IntAttn-Edit over a grid of α at fixed T, offline W&B logging
 	$(REPRO) sweep-alpha --wandb
+
+collect: setup  ## assemble the tables / α sweeps in OUT from the cells present (sweep agents), list the missing ones
+	$(BIN)/intattn reproduce collect --out $(OUT)
 
 reproduce-figures: trace sweep-alpha  ## Figures 1, 2 (tracing) and 4 (α sweep)
 

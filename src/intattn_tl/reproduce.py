@@ -12,15 +12,19 @@ the first T edits of a 500-edit sequence is the state after a 100-edit run, so t
 evaluated at those checkpoints instead of re-editing from scratch (900 edits become 500). Each such cell
 lists the checkpoints of its sequence under `sequence`. Only missing cells are checkpoints: with just
 T = 500 missing, the sequence is the plain 500-edit run.
+
+Across machines, a W&B sweep agent runs one cell (`run_one_cell`, via experiments/sweep_agent.py) into a
+folder it shares with the other agents, and `collect` assembles the table from the cells present.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +35,7 @@ from .editing import EditState, edit, get_method
 from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
-from .store import write_json
+from .store import _atomic, write_json, write_text
 
 METHODS = ("ft", "rome", "r-rome", "memit", "alphaedit", "intattn")
 DISPLAY = {"pre-edit": "Pre-edit", "ft": "FT", "rome": "ROME", "r-rome": "R-ROME", "memit": "MEMIT",
@@ -66,12 +70,6 @@ class TableRun:
     @property
     def dir(self) -> Path:
         return Path(self.out) / f"{self.table}-{self.model}"
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------- a cell's settings, verified cells
@@ -119,13 +117,22 @@ def check_resume(run: TableRun, cells: dict, settings: dict[str, dict]) -> None:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def read_rows(path: Path) -> list[dict]:
+    """A cell's per-record CSV back as rows (numbers as floats, empty fields as None)."""
+    def value(text: str):
+        try:
+            return float(text) if text else None
+        except ValueError:
+            return text
+    with Path(path).open(newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def _evaluate_cell(model: LoadedModel, records, run: TableRun, ref) -> tuple[dict, list[dict]]:
@@ -217,32 +224,39 @@ def _check_run(run: TableRun) -> None:
         get_method(m)  # an unknown method name fails here, before any work
 
 
-def run_table(run: TableRun) -> Path:
-    """Run every missing cell of the table, then write table.md / table.csv. Returns the output folder."""
+def grid(run: TableRun) -> list[tuple[str, int]]:
+    """Every cell of the table: pre-edit and each method at each T."""
+    return [("pre-edit", T) for T in run.sizes] + [(m, T) for m in run.methods for T in run.sizes]
+
+
+def run_table(run: TableRun, cells: list[tuple[str, int]] | None = None) -> Path:
+    """Run every missing cell of the table (or of `cells`, a part of it), then write table.md / table.csv.
+    Returns the output folder. Another process may fill the same folder at the same time (a sweep agent):
+    a cell that appears meanwhile is not written again, so the worst case is work done twice."""
     from .editing import check_hparams
-    from .settings import code_version
 
     _check_run(run)
     out = run.dir
     done = load_cells(run)  # every finished cell verified first: a damaged one stops the run here
-    cells = [("pre-edit", T) for T in run.sizes] + [(m, T) for m in run.methods for T in run.sizes]
-    todo = [(m, T) for m, T in cells if (m, T) not in done]
-    _write_json_atomic(out / "run.json", _run_record(run, out / "run.json"))
+    todo = [c for c in (cells or grid(run)) if c not in done]
+    write_text(out / "run.json", json.dumps(_run_record(run, out / "run.json"), indent=1, default=str))
     if todo:
         model = load_model(run.model, device=run.device, device_map=run.device_map, max_memory=run.max_memory)
         for m in run.methods:  # every method's hyperparameters checked before the first cell runs
             check_hparams(m, load_hparams(m, model.name, run.hparam_overrides.get(m)), model)
-        settings = {m: cell_settings(run, m, model) for m in {"pre-edit", *run.methods}}
+        settings = {m: cell_settings(run, m, model) for m in {"pre-edit", *run.methods, *(m for m, _ in todo)}}
         check_resume(run, done, settings)
         records = load_edits(run.dataset, limit=max(run.sizes))
         ref = locality_reference(model, records, run.eval_cfg)  # pre-edit predictions, computed once
-        bar = tqdm(total=len(todo), desc=f"{run.table} cells", unit="cell")
+        plan = _plan(todo, run.sizes, done)
+        bar = tqdm(total=sum(len(sizes) for _, sizes in plan), desc=f"{run.table} cells", unit="cell")
 
         def finish(method: str, T: int, summary: dict, rows: list[dict]) -> None:
-            _write_cell(run, method, T, summary, rows, str(model.device), settings[method])
+            if not cell_path(run, method, T).exists():  # another agent may have written it meanwhile
+                _write_cell(run, method, T, summary, rows, str(model.device), settings[method])
             bar.update()
 
-        for method, sizes in _plan(todo):
+        for method, sizes in plan:
             bar.set_postfix_str(f"{method} T={','.join(map(str, sizes))}")
             if _sequential(method):
                 run_sequence(model, method, records, sizes, run, ref, lambda T, s, r, m=method: finish(m, T, s, r))
@@ -257,16 +271,23 @@ def _sequential(method: str) -> bool:
     return method != "pre-edit" and not get_method(method).batch
 
 
-def _plan(todo: list[tuple[str, int]]) -> list[tuple[str, list[int]]]:
-    """The missing cells as work items: one per cell, except one per method (all its sizes, one edit
-    sequence) for the one-edit-at-a-time methods."""
-    items: list[tuple[str, list[int]]] = []
+def _plan(todo: list[tuple[str, int]], sizes=(), done=()) -> list[tuple[str, list[int]]]:
+    """The missing cells as work items: one per cell, except one per method for the one-edit-at-a-time
+    methods: one edit sequence up to its largest missing T, evaluated at every missing T of `sizes` on the
+    way (so a sweep agent asked for (rome, 300) also writes a missing (rome, 100))."""
+    plan: list[tuple[str, list[int]]] = []
     for method, T in todo:
-        if _sequential(method) and items and items[-1][0] == method:
-            items[-1][1].append(T)
-        else:
-            items.append((method, [T]))
-    return items
+        if not _sequential(method):
+            plan.append((method, [T]))
+        elif method not in (m for m, _ in plan):
+            mine = {t for m, t in todo if m == method}
+            passed = {S for S in sizes if S < max(mine) and (method, S) not in done}
+            plan.append((method, sorted(mine | passed)))
+    return plan
+
+
+def cell_path(run: TableRun, method: str, T: int) -> Path:
+    return run.dir / "cells" / f"{method}-T{T}.json"
 
 
 def _write_cell(run: TableRun, method: str, T: int, summary: dict, rows: list[dict], device: str,
@@ -275,8 +296,8 @@ def _write_cell(run: TableRun, method: str, T: int, summary: dict, rows: list[di
 
     summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=device,
                    settings={**settings, "code": code_version()})
-    _write_rows(run.dir / "cells" / f"{method}-T{T}.csv", rows)
-    write_json(run.dir / "cells" / f"{method}-T{T}.json", summary, _cell_key(method, T))
+    _write_rows(cell_path(run, method, T).with_suffix(".csv"), rows)
+    write_json(cell_path(run, method, T), summary, _cell_key(method, T))
     if run.wandb:
         _log_wandb(run, method, T, summary, rows)
 
@@ -334,19 +355,49 @@ def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: s
 
 
 def write_table(run: TableRun) -> Path:
-    """table.md / table.csv from every finished cell in the folder, so a later run of a few methods or sizes
-    (`--methods memit --sizes 300`) adds to the table instead of hiding earlier cells."""
+    """table.md / table.csv / table.png from every finished cell in the folder, so a later run of a few methods
+    or sizes (`--methods memit --sizes 300`) adds to the table instead of hiding earlier cells. Each file is
+    replaced atomically: agents filling one folder may all rewrite them."""
+    from .plots import plot_table, plt
+
     cells = load_cells(run)
     title = f"{run.table} — {run.dataset}, {run.model}"
     done = {m for m, _ in cells} | set(run.methods)
     methods = [m for m in METHODS if m in done] + sorted(done - set(METHODS) - {"pre-edit"})
     sizes = sorted(set(run.sizes) | {T for _, T in cells})
-    md = format_markdown(cells, sizes, methods, title)
-    (run.dir / "table.md").write_text(md + "\n")
-    with (run.dir / "table.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["method", "T", *[k for k, _ in COLUMNS], "exact_match", "edit_seconds", "eval_seconds", "device"])
-        for (m, T), s in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("edit_em"), s.get("edit_seconds"), s.get("eval_seconds"),
-                        s.get("device")])
+    write_text(run.dir / "table.md", format_markdown(cells, sizes, methods, title) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "T", *[k for k, _ in COLUMNS], "exact_match", "edit_seconds", "eval_seconds", "device"])
+    for (m, T), s in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("edit_em"), s.get("edit_seconds"), s.get("eval_seconds"),
+                    s.get("device")])
+    write_text(run.dir / "table.csv", buf.getvalue())
+    fig = plot_table(cells, ["pre-edit", *methods], COLUMNS, DISPLAY, title)
+    _atomic(run.dir / "table.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
     return run.dir / "table.md"
+
+
+def collect(run: TableRun) -> list[tuple[str, int]]:
+    """Assemble table.md / table.csv / table.png from whatever cells `run.dir` holds (whoever made them);
+    returns the cells of the table's grid (pre-edit + run.methods at run.sizes) that are still missing."""
+    if not (run.dir / "cells").is_dir():
+        raise ReproduceError(f"{run.dir / 'cells'} does not exist: no cell of {run.table} for {run.model} in {run.out}")
+    write_table(run)
+    cells = load_cells(run)
+    return [c for c in grid(run) if c not in cells]
+
+
+def run_one_cell(run: TableRun, method: str, T: int) -> tuple[dict, list[dict]]:
+    """What one W&B sweep agent run does: cell (method, T) of the table in `run.dir`, computed unless another
+    run already wrote it, returned with its per-record rows. `run.sizes` are the whole table's sizes: the
+    locality reference is that of the table's records (as in one sequential run), and a one-edit-at-a-time
+    method runs its edit sequence up to T, also writing the missing cells of smaller sizes on the way."""
+    if T not in run.sizes:
+        raise ReproduceError(f"T={T} is not one of the table's sizes {list(run.sizes)}")
+    if method != "pre-edit":
+        get_method(method)
+    run_table(replace(run, methods=() if method == "pre-edit" else (method,)), cells=[(method, T)])
+    path = cell_path(run, method, T)
+    return read_cell(path), read_rows(path.with_suffix(".csv"))

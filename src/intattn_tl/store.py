@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -62,16 +63,44 @@ def digest(obj) -> str:
 
 
 def _atomic(path: Path, write) -> Path:
-    """`write(tmp_path)` then rename onto `path`: a reader sees the old file or the whole new one."""
+    """`write(tmp_path)` then rename onto `path`: a reader sees the old file or the whole new one. The temporary
+    name is unique per writer (pid + random, as pids repeat across machines sharing a folder), so two
+    processes writing the same file never write into one temporary file; the last rename wins whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """A plain text file (table, CSV, JSON without integrity record), atomically."""
+    return _atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_once(path: str | Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists; of writers racing to create it exactly one wins (a hard
+    link of a finished temporary file is atomic and fails on an existing name). True if this call created it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        tmp.write_text(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a file system without hard links: create-if-missing, no longer race-free
+        if path.exists():
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj: dict, key=None) -> Path:

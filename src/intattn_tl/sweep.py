@@ -7,6 +7,7 @@ local runner (`make sweep-alpha`) and the W&B agent (`experiments/sweep_agent.py
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
 from .settings import code_version, differences, edit_settings
-from .store import IntegrityError, read_result, write_json
+from .store import IntegrityError, _atomic, read_result, write_json, write_text
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
@@ -46,8 +47,8 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
     eval_cfg = eval_cfg or EvalConfig()
     grid = _check_grid(grid, T)
     folder = writable_dir(Path(out) / f"sweep-{model_name}-{dataset}-T{T}" / "points").parent
-    done = {p: _read_point(p) for p in sorted((folder / "points").glob("alpha-*.json"))}
-    todo = [a for a in grid if folder / "points" / f"alpha-{a:.3f}.json" not in done]
+    done = {p: read_point(p) for p in sorted((folder / "points").glob("alpha-*.json"))}
+    todo = [a for a in grid if point_path(folder, a) not in done]
     if todo:
         model = load_model(model_name, **{"device": device, **(placement or {})})  # placement: device(_map), max_memory
         hps = {a: load_hparams("intattn", model.name, {"alpha": a}) for a in todo}
@@ -60,7 +61,7 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
         for alpha in tqdm(todo, desc="alpha sweep", unit="point"):
             point = sweep_point(model, records, alpha, eval_cfg, ref) | {"model": model_name, "dataset": dataset}
             point["settings"] = {**_point_settings(model, hps[alpha], dataset, eval_cfg), "code": code_version()}
-            write_json(folder / "points" / f"alpha-{alpha:.3f}.json", point, {"alpha": round(alpha, 3)})
+            write_json(point_path(folder, alpha), point, {"alpha": round(alpha, 3)})
             if wandb:
                 from .tracking import finish, log_results, start_run
 
@@ -68,14 +69,21 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
                                name=f"{model_name}-alpha{alpha:.2f}", project="intattn-tl-alpha", dir=folder)
                 log_results(wb, {k: v for k, v in point.items() if isinstance(v, (int, float))}, [point])
                 finish(wb)
-    points = sorted((_read_point(p) for p in (folder / "points").glob("alpha-*.json")), key=lambda p: p["alpha"])
-    points = [{k: v for k, v in p.items() if k != "settings"} for p in points]
-    with (folder / "points.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for p in points for k in p)))
-        w.writeheader()
-        w.writerows(points)
-    plot_figure4(points, folder / "figure4.png", title=f"{model_name}, {dataset}, T={T}")
+    write_points(folder, title=f"{model_name}, {dataset}, T={T}")
     return folder
+
+
+def write_points(folder: Path, title: str) -> list[dict]:
+    """points.csv + figure4.png from every point file in `folder`/points, whoever wrote it; returns the points."""
+    points = sorted((read_point(p) for p in (folder / "points").glob("alpha-*.json")), key=lambda p: p["alpha"])
+    points = [{k: v for k, v in p.items() if k != "settings"} for p in points]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for p in points for k in p)))
+    w.writeheader()
+    w.writerows(points)
+    write_text(folder / "points.csv", buf.getvalue())
+    plot_figure4(points, folder / "figure4.png", title=title)
+    return points
 
 
 def _check_grid(grid, T: int) -> tuple[float, ...]:
@@ -98,7 +106,11 @@ def _point_settings(model: LoadedModel, hp, dataset: str, eval_cfg: EvalConfig) 
                                  default=str))
 
 
-def _read_point(path: Path) -> dict:
+def point_path(folder: Path, alpha: float) -> Path:
+    return folder / "points" / f"alpha-{alpha:.3f}.json"
+
+
+def read_point(path: Path) -> dict:
     alpha = path.stem.removeprefix("alpha-")
     try:
         return read_result(path, {"alpha": round(float(alpha), 3)}, lambda p: f"{p.get('alpha', -1):.3f}" == alpha)
@@ -130,6 +142,6 @@ def plot_figure4(points: list[dict], path: Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle(f"Figure 4 — metrics vs α ({title})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return path

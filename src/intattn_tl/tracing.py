@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 
 from pathlib import Path
@@ -36,6 +35,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .models import LoadedModel
+from .store import _atomic, read_json, write_json, write_once
 from .tokens import TokenError, answer_ids, prompt_ids, subject_span
 
 KINDS = ("resid", "attn", "mlp", "attn_window", "mlp_window")
@@ -86,9 +86,10 @@ class TraceResult:
     def save(self, path: Path) -> None:
         """One .npz (arrays + JSON metadata), written atomically so a killed run never leaves half a file."""
         meta = {k: v for k, v in self.__dict__.items() if k not in ("prob", "logit_diff")}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, prob=self.prob, logit_diff=self.logit_diff, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.savez(f, prob=self.prob, logit_diff=self.logit_diff, meta=np.array(json.dumps(meta)))
+        _atomic(path, write)
 
     @classmethod
     def load(cls, path: Path) -> "TraceResult":
@@ -507,50 +508,90 @@ class DatasetTrace:
 
 def trace_dataset(
     model: LoadedModel, facts, n_facts: int | None = None, *, known_only: bool = True, progress: bool = True,
-    store: str | Path | None = None, settings: dict | None = None, **kwargs,
+    store: str | Path | None = None, settings: dict | None = None, shard: tuple[int, int] = (0, 1), **kwargs,
 ) -> DatasetTrace:
     """Trace `facts` (KnownFact-like: id, prompt, subject, attribute) until `n_facts` are traced.
 
     With known_only, a fact is traced only if the model's greedy next token is the attribute's first token.
     With `store`, each traced fact is written there as `<id>.npz` the moment it is done and read back on a
     later call, so a killed run resumes; `settings` (plus kwargs) are kept in `settings.json` there and a
-    store made with other settings is refused. kwargs go to `trace_fact`.
+    store made with other settings is refused, and the chosen facts in `selection.json` (see `read_store`).
+    `shard=(i, n)` traces only the i-th of every n chosen facts (i = 0..n-1): n shards, on any machines
+    sharing the store, together trace exactly the facts of the unsharded run. kwargs go to `trace_fact`.
     """
     from tqdm.auto import tqdm
 
     if n_facts is not None and n_facts < 1:
         raise TraceError(f"n_facts must be >= 1, got {n_facts}")
+    i, n = shard
+    if not 0 <= i < n:
+        raise TraceError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
     kwargs.setdefault("embed_std", embedding_std(model))
     folder = _open_store(store, {**(settings or {}), **{k: v for k, v in kwargs.items() if k != "embed_std"}})
-    results, skipped, seen = [], [], 0
-    bar = tqdm(total=n_facts or len(facts), disable=not progress, desc="tracing", unit="fact")
-    for fact in facts:
-        if n_facts is not None and len(results) >= n_facts:
-            break
-        seen += 1
+    chosen, seen, skipped = select_facts(model, facts, n_facts, known_only, folder, progress)
+    if folder is not None:
+        write_json(folder / "selection.json", {"ids": [f.id for f in chosen], "seen": seen, "skipped": skipped,
+                                               "n_facts": n_facts}, {"n_facts": n_facts, "known_only": known_only})
+    results = []
+    for fact in tqdm(chosen[i::n], disable=not progress, desc="tracing" + (f" shard {i}/{n}" if n > 1 else ""),
+                     unit="fact"):
         done = folder / f"{fact.id}.npz" if folder else None
         if done is not None and done.exists():
             try:
                 results.append(TraceResult.load(done))
-                bar.update(1)
                 continue
             except Exception as err:  # a damaged file is traced again, not trusted
                 print(f"re-tracing fact {fact.id}: unreadable {done.name} ({err})")
-        try:
-            r = answer_ids(model.tokenizer, fact.prompt, fact.attribute)[0]
-            subject_span(model.tokenizer, fact.prompt, fact.subject)
-        except TokenError as err:
-            skipped.append((fact.id, f"token error: {err}"))
-            continue
-        if known_only and (g := greedy_token(model, fact.prompt)) != r:
-            skipped.append((fact.id, f"not known: greedy {model.tokenizer.decode([g])!r} != {fact.attribute!r}"))
-            continue
         results.append(trace_fact(model, fact.prompt, fact.subject, fact.attribute, **kwargs))
         if done is not None:
             results[-1].save(done)
+    return DatasetTrace(results, seen, skipped)
+
+
+def select_facts(model: LoadedModel, facts, n_facts: int | None, known_only: bool, folder: Path | None = None,
+                 progress: bool = True) -> tuple[list, int, list[tuple[str, str]]]:
+    """The facts to trace, in order: those whose answer and subject tokenize (and, with known_only, that the
+    model knows), until `n_facts`. A fact already in `folder` was chosen by this rule before: no forward.
+    Returns (chosen facts, facts read, [(id, why skipped)])."""
+    from tqdm.auto import tqdm
+
+    chosen, skipped, seen = [], [], 0
+    bar = tqdm(total=n_facts or len(facts), disable=not progress, desc="choosing facts", unit="fact", leave=False)
+    for fact in facts:
+        if n_facts is not None and len(chosen) >= n_facts:
+            break
+        seen += 1
+        if folder is None or not (folder / f"{fact.id}.npz").exists():
+            try:
+                r = answer_ids(model.tokenizer, fact.prompt, fact.attribute)[0]
+                subject_span(model.tokenizer, fact.prompt, fact.subject)
+            except TokenError as err:
+                skipped.append((fact.id, f"token error: {err}"))
+                continue
+            if known_only and (g := greedy_token(model, fact.prompt)) != r:
+                skipped.append((fact.id, f"not known: greedy {model.tokenizer.decode([g])!r} != {fact.attribute!r}"))
+                continue
+        chosen.append(fact)
         bar.update(1)
     bar.close()
-    return DatasetTrace(results, seen, skipped)
+    return chosen, seen, skipped
+
+
+def read_store(store: str | Path) -> tuple[DatasetTrace, list[str], dict]:
+    """What the shards wrote into `store`: (the traced facts of the selection, in order; the ids of those
+    not there (yet); the settings). With nothing missing, the DatasetTrace equals the unsharded run's."""
+    folder = Path(store)
+    if not (folder / "selection.json").exists() or not (folder / "settings.json").exists():
+        raise TraceError(f"{folder} holds no traced facts (no selection.json / settings.json): run `intattn trace` first")
+    sel = read_json(folder / "selection.json", check_key=False)
+    results, missing = [], []
+    for fid in sel["ids"]:
+        try:
+            results.append(TraceResult.load(folder / f"{fid}.npz"))
+        except Exception:  # not written yet, or damaged: the shard that owns it traces it again
+            missing.append(fid)
+    skipped = [tuple(x) for x in sel["skipped"]]
+    return DatasetTrace(results, sel["seen"], skipped), missing, json.loads((folder / "settings.json").read_text())
 
 
 def _open_store(store: str | Path | None, settings: dict) -> Path | None:
@@ -560,11 +601,9 @@ def _open_store(store: str | Path | None, settings: dict) -> Path | None:
     folder.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(settings, default=str))
     path = folder / "settings.json"
-    if path.exists():
+    if not write_once(path, json.dumps(settings, indent=1)):  # shards starting together: one writes, all compare
         old = json.loads(path.read_text())
         if old != settings:
             diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings) if old.get(k) != settings.get(k)}
             raise TraceError(f"{folder} holds facts traced with other settings {diff} (stored, now); use another folder")
-    else:
-        path.write_text(json.dumps(settings, indent=1))
     return folder

@@ -67,3 +67,15 @@ def finish(run) -> Path:
     run_dir = Path(run.dir).parent  # run.dir is <run_dir>/files
     run.finish()
     return run_dir
+
+
+def log_artifact(name: str, files: list[Path], config: dict, type: str = "results", dir: str | Path | None = None) -> Path:
+    """`files` as one W&B artifact `name` (a new version each time), logged from a run of its own."""
+    import wandb
+
+    run = start_run("collect", config=config, name=f"collect-{name}", dir=dir)
+    artifact = wandb.Artifact(name, type=type)
+    for f in files:
+        artifact.add_file(str(f))
+    run.log_artifact(artifact)
+    return finish(run)

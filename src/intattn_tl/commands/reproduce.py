@@ -1,4 +1,5 @@
-"""`intattn reproduce table1|table2|sweep-alpha`: the paper's experiments from one command each."""
+"""`intattn reproduce table1|table2|sweep-alpha`: the paper's experiments from one command each;
+`intattn reproduce collect`: assemble them from the cells / points that sweep agents wrote into `--out`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ def add_arguments(p) -> None:
     from ..reproduce import METHODS
     from . import add_placement_arguments
 
-    p.add_argument("what", choices=["table1", "table2", "sweep-alpha"], help="which experiment")
+    p.add_argument("what", choices=["table1", "table2", "sweep-alpha", "collect"],
+                   help="which experiment; collect: assemble every table / α sweep found in --out (exit 1 while "
+                        "cells or points are missing)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--out", type=out_dir, default=Path("runs"), help="output root (resumable)")
     p.add_argument("--sizes", type=int_list(lo=1), default=None, help="batch sizes T, e.g. 100,300,500")
@@ -26,7 +29,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dataset", default="zsre", choices=EDIT_DATASETS,
                    help="dataset of the α sweep (the paper's Figure 4 uses ZsRE)")
     p.add_argument("--no-fluency", action="store_true", help="skip the generation-based Fluency metric")
-    p.add_argument("--wandb", action="store_true", help="log every cell / point to W&B (offline unless configured)")
+    p.add_argument("--wandb", action="store_true", help="log every cell / point to W&B (offline unless configured); "
+                   "collect: log the assembled tables as W&B artifacts")
     p.add_argument("--device", default="cpu", type=device)
     add_placement_arguments(p)
 
@@ -38,6 +42,8 @@ def run(args) -> int:
 
     where = placement(args)  # checked before any work
 
+    if args.what == "collect":
+        return collect(args)
     eval_cfg = EvalConfig()
     if args.no_fluency:
         eval_cfg.fluency = False
@@ -62,3 +68,51 @@ def run(args) -> int:
     print((folder / "table.md").read_text())
     print(f"per-record scores: {folder / 'cells'}")
     return 0
+
+
+def collect(args) -> int:
+    """Every `table1-*`, `table2-*` and `sweep-*` folder under --out: its table.md / table.csv / table.png (or
+    points.csv / figure4.png) from the cells present, and the cells missing from the expected grid: --sizes
+    (default: the sizes in the folder's run.json) x --methods (default: all) plus pre-edit; --grid for α."""
+    from ..reproduce import ReproduceError
+
+    units = [*_tables(args), *_sweeps(args)]  # (folder, assembled files, what is missing)
+    if not units:
+        raise ReproduceError(f"no table or α-sweep folder (with cells or points) under {args.out}")
+    missing = []
+    for folder, files, gaps in units:
+        print(f"assembled {', '.join(str(f) for f in files)}")
+        missing += [f"{folder.name}: {gap}" for gap in gaps]
+        if args.wandb:
+            from ..tracking import log_artifact
+
+            log_artifact(folder.name, files, {"folder": str(folder)}, dir=folder)
+    if missing:
+        print(f"{len(missing)} missing (still running, not started, or failed):", *missing, sep="\n  ")
+        return 1
+    print("complete: nothing missing")
+    return 0
+
+
+def _tables(args):
+    import json
+
+    from ..reproduce import METHODS, TableRun, collect
+
+    for folder in sorted(Path(args.out).glob("table[12]-*")):
+        if (folder / "run.json").is_file():
+            rec = json.loads((folder / "run.json").read_text())
+            run_ = TableRun(table=rec["table"], model=rec["model"], sizes=tuple(args.sizes or rec["sizes"]),
+                            methods=tuple(args.methods or METHODS), out=Path(args.out))
+            gaps = collect(run_)
+            yield folder, [folder / f"table.{x}" for x in ("md", "csv", "png")], [f"{m} T={T}" for m, T in gaps]
+
+
+def _sweeps(args):
+    from ..sweep import DEFAULT_GRID, point_path, write_points
+
+    for folder in sorted(Path(args.out).glob("sweep-*-T*")):
+        if (folder / "points").is_dir():
+            write_points(folder, title=folder.name.removeprefix("sweep-"))
+            gaps = [f"alpha={a}" for a in (args.grid or DEFAULT_GRID) if not point_path(folder, a).exists()]
+            yield folder, [folder / "points.csv", folder / "figure4.png"], gaps

@@ -1,4 +1,7 @@
-"""`intattn trace`: causal tracing over known facts; writes arrays, CSV, figures and the alpha/layers file."""
+"""`intattn trace`: causal tracing over known facts; writes arrays, CSV, figures and the alpha/layers file.
+
+Across machines: `intattn trace ... --shard i/n --out DIR` on n machines sharing DIR (each traces every n-th
+chosen fact into DIR/facts), then `intattn trace --collect --out DIR` writes what the unsharded run writes."""
 
 from __future__ import annotations
 
@@ -47,38 +50,78 @@ def add_arguments(p) -> None:
                    help="also write it to the package's model_results/<model>.json, the default alpha/layers of every "
                    f"later edit (needs --facts >= {INSTALL_MIN_FACTS}); without it the package defaults never change")
     p.add_argument("--no-result-file", action="store_true", help=argparse.SUPPRESS)  # the old opt-out; now the default
+    p.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N", help="trace only every N-th chosen fact, "
+                   "starting at I (0..N-1), into OUT/facts; N shards on machines sharing OUT trace the unsharded run's "
+                   "facts; then --collect")
+    p.add_argument("--collect", action="store_true", help="write the arrays, CSV, figures and alpha/layers JSON from "
+                   "the facts the shards stored in OUT/facts (no model is loaded; tracing settings come from there); "
+                   "exit 1, listing them, while facts are missing")
+
+
+def shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard I/N needs 0 <= I < N, got {text}")
+    return i, n
 
 
 def run(args) -> int:
-    import numpy as np
-
-    from ..balance import CLASSES, aggregate, summarize
     from ..data import load_known_facts
-    from ..hparams import RESULTS_DIR
     from ..models import load_model
+    from ..tracing import KINDS, TraceError, read_store, trace_dataset
     from . import placement
-    from ..plots import plot_heatmaps, plot_layer_curves
-    from ..tracing import KINDS, TraceError, trace_dataset
 
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
+    if args.collect:
+        trace, missing, stored = read_store(out / "facts")
+        if missing:
+            print(f"intattn trace --collect: {len(missing)} of {len(missing) + len(trace.results)} facts not traced yet "
+                  f"(their shards are running or failed): {', '.join(missing)}", file=sys.stderr)
+            return 1
+        args.facts = len(trace.results)  # what the shards were asked for, as far as the record is concerned
+        args.model, args.dtype, args.kinds = stored["model"], stored["dtype"], stored["kinds"]
+        args.samples, args.noise_scale, args.window, args.seed = (stored[k] for k in ("n_samples", "noise_scale",
+                                                                                       "window", "seed"))
     if args.install_defaults and args.facts < INSTALL_MIN_FACTS:
         print(f"intattn trace: error: --install-defaults needs --facts >= {INSTALL_MIN_FACTS} (a smoke run never "
               f"changes the package defaults); got --facts {args.facts}", file=sys.stderr)
         return 2
-    command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
-    t0 = time.time()
     kinds = tuple(args.kinds) if args.kinds else KINDS
-    model = load_model(args.model, dtype=args.dtype, **placement(args))
-    try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
-        trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples, noise_scale=args.noise_scale,
-                              window=args.window, seed=args.seed, kinds=kinds, store=out / "facts",
-                              settings={"model": args.model, "dtype": args.dtype})
-    except TraceError as err:
-        print(f"intattn trace: {err}", file=sys.stderr)
-        return 2
+    if not args.collect:
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        model = load_model(args.model, dtype=args.dtype, **placement(args))
+        try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
+            trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples,
+                                  noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
+                                  store=out / "facts", settings={"model": args.model, "dtype": args.dtype},
+                                  shard=args.shard)
+        except TraceError as err:
+            print(f"intattn trace: {err}", file=sys.stderr)
+            return 2
+        print(f"traced {len(trace.results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in "
+              f"{time.time() - t0:.0f}s")
+        if args.shard[1] > 1:
+            print(f"shard {args.shard[0]}/{args.shard[1]} done -> {out / 'facts'}; when every shard is: "
+                  f"intattn trace --collect --out {out}")
+            return 0
+    return write_outputs(args, out, kinds, trace, command)
+
+
+def write_outputs(args, out: Path, kinds, trace, command: str | None) -> int:
+    """Arrays, effects CSV, figures and the alpha/layers JSON from the traced facts (one run or its shards)."""
+    import numpy as np
+
+    from ..balance import CLASSES, aggregate, summarize
+    from ..hparams import RESULTS_DIR
+    from ..plots import plot_heatmaps, plot_layer_curves
+    from ..tracing import TraceError
+
     results = trace.results
-    print(f"traced {len(results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in {time.time() - t0:.0f}s")
     if not results:
         print("no fact could be traced; see skipped.json", file=sys.stderr)
         (out / "skipped.json").write_text(json.dumps(trace.skipped, indent=1))
