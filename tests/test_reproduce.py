@@ -142,3 +142,18 @@ def test_sequential_methods_share_one_sequence_and_resume(tmp_path):
     same = lambda c: json.dumps({k: v for k, v in c.items()  # noqa: E731
                                  if not k.endswith("seconds") and k not in ("sequence", "_integrity")}, sort_keys=True)
     assert same(again) == same(first)
+
+
+def test_reproduce_dtype_is_recorded_and_not_mixed(tmp_path, capsys):
+    # --dtype bfloat16 runs the cells on a bf16 model and says so in every cell's settings; float32 cells keep
+    # the settings they always had (no dtype key), so a folder of one dtype refuses to resume with the other
+    from intattn_tl.cli import main
+
+    args = ["reproduce", "table1", "--model", "tiny-llama", "--quick", "--no-fluency", "--methods", "memit",
+            "--out", str(tmp_path)]
+    assert main(args + ["--dtype", "bfloat16"]) == 0
+    cells = sorted((tmp_path / "table1-tiny-llama" / "cells").glob("memit-T*.json"))
+    assert cells and all(json.loads(c.read_text())["settings"]["dtype"] == "bfloat16" for c in cells)
+    cells[-1].unlink()  # one cell left to compute: a float32 run may not add it to the bf16 cells
+    assert main(args) == 2
+    assert "dtype" in capsys.readouterr().err and not cells[-1].exists()

@@ -57,6 +57,7 @@ class TableRun:
     methods: tuple[str, ...] = METHODS
     out: Path = Path("runs")
     device: str = "cpu"
+    dtype: str = "float32"  # the dtype the model is loaded (and run) in; recorded in the cells when not float32
     device_map: str | dict | None = None  # a model split over devices (load_model); then `device` is unused
     max_memory: dict | None = None
     eval_cfg: EvalConfig = field(default_factory=EvalConfig)
@@ -241,7 +242,8 @@ def run_table(run: TableRun, cells: list[tuple[str, int]] | None = None) -> Path
     todo = [c for c in (cells or grid(run)) if c not in done]
     write_text(out / "run.json", json.dumps(_run_record(run, out / "run.json"), indent=1, default=str))
     if todo:
-        model = load_model(run.model, device=run.device, device_map=run.device_map, max_memory=run.max_memory)
+        model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map,
+                           max_memory=run.max_memory)
         for m in run.methods:  # every method's hyperparameters checked before the first cell runs
             check_hparams(m, load_hparams(m, model.name, run.hparam_overrides.get(m)), model)
         settings = {m: cell_settings(run, m, model) for m in {"pre-edit", *run.methods, *(m for m, _ in todo)}}

@@ -45,8 +45,10 @@ def resolved_hparams(hparams, model) -> dict:
 
 
 def edit_settings(method: str, hparams, model) -> dict:
-    """What decides an edit's numbers: method, model, resolved hyperparameters."""
-    return {"method": method, "model": model.name, "hparams": resolved_hparams(hparams, model)}
+    """What decides an edit's numbers: method, model (and its dtype when not float32), resolved hyperparameters."""
+    out = {"method": method, "model": model.name, "hparams": resolved_hparams(hparams, model)}
+    dtype = str(model.spec.family.weight("w_out", 0).dtype).removeprefix("torch.")
+    return out if dtype == "float32" else {**out, "dtype": dtype}  # float32 results keep the settings they had
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

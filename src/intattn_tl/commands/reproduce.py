@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
     from ..checks import device, int_list, integer, name_list, out_dir, real_list
     from ..data import EDIT_DATASETS
     from ..reproduce import METHODS
-    from . import add_placement_arguments
+    from . import add_dtype_argument, add_placement_arguments
 
     p.add_argument("what", choices=["table1", "table2", "sweep-alpha", "collect"],
                    help="which experiment; collect: assemble every table / α sweep found in --out (exit 1 while "
@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
                    "collect: log the assembled tables as W&B artifacts")
     p.add_argument("--device", default="cpu", type=device)
     add_placement_arguments(p)
+    add_dtype_argument(p)
 
 
 def run(args) -> int:
@@ -54,7 +55,7 @@ def run(args) -> int:
 
         grid = args.grid or (QUICK_GRID if args.quick else DEFAULT_GRID)
         folder = run_sweep(args.model, args.dataset, 4 if args.quick else args.T, grid, args.out, eval_cfg,
-                           wandb=args.wandb, placement=where)
+                           wandb=args.wandb, placement={**where, "dtype": args.dtype})
         print((folder / "points.csv").read_text())
         print(f"figure: {folder / 'figure4.png'}")
         return 0
@@ -62,7 +63,7 @@ def run(args) -> int:
     methods = args.methods or METHODS
     out = args.out / "quick" if args.quick and args.out == Path("runs") else args.out
     run_ = TableRun(table=args.what, model=args.model, sizes=sizes, methods=methods, out=out,
-                    device=args.device, device_map=where.get("device_map"), max_memory=where.get("max_memory"),
+                    device=args.device, dtype=args.dtype, device_map=where.get("device_map"), max_memory=where.get("max_memory"),
                     eval_cfg=eval_cfg, wandb=args.wandb)
     folder = run_table(run_)
     print((folder / "table.md").read_text())
