@@ -197,30 +197,3 @@ def test_targets_on_a_bfloat16_model():
     assert delta.dtype == torch.float32 and torch.isfinite(delta).all()
     zero = injected_accuracy(model, [record], 0, torch.zeros_like(delta))
     assert float(injected_accuracy(model, [record], 0, delta)[0]) > float(zero[0])
-
-
-def test_bfloat16_compute_on_a_float32_model(tiny_llama, cache):
-    # compute_dtype="bfloat16": matmuls in bf16 under autocast, weights untouched, delta float32 and close to the
-    # float32 optimum; float32 targets keep the cache keys they had before the field existed
-    import dataclasses
-    import hashlib
-    import json
-
-    from intattn_tl.targets import _cache_key
-
-    record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
-    hp = TargetHparams(v_lr=0.5, v_lr_units="absolute", v_num_grad_steps=30, clamp_norm_factor=20.0)
-    weights = {k: v.clone() for k, v in tiny_llama.bridge.state_dict().items()}
-    exact, _ = optimize_deltas(tiny_llama, [record], 0, hp, ["", "Hi. "])
-    fast, _ = optimize_deltas(tiny_llama, [record], 0, dataclasses.replace(hp, compute_dtype="bfloat16"), ["", "Hi. "])
-    assert all(torch.equal(v, weights[k]) for k, v in tiny_llama.bridge.state_dict().items())
-    assert fast.dtype == torch.float32 and not torch.equal(fast, exact)  # bf16 really ran
-    assert float(torch.cosine_similarity(fast, exact)[0]) > 0.9
-    assert float(injected_accuracy(tiny_llama, [record], 0, fast)[0]) == float(injected_accuracy(tiny_llama, [record], 0, exact)[0])
-    old = dataclasses.asdict(hp)
-    del old["compute_dtype"]
-    legacy = hashlib.sha256(json.dumps([record.prompt, record.subject, record.target_new, 0, old, [""]]).encode()).hexdigest()
-    assert _cache_key("f", record, 0, hp, [""])["sha256"] == legacy
-    assert _cache_key("f", record, 0, dataclasses.replace(hp, compute_dtype="bfloat16"), [""])["sha256"] != legacy
-    with pytest.raises(TargetError, match="compute_dtype"):
-        TargetHparams(compute_dtype="float16")

@@ -57,7 +57,6 @@ class TargetHparams:
     early_stop_loss: float = 5e-2
     seed: int = 0
     v_lr_units: str = "resid_rms"  # the Adam step is v_lr * rms(h_i); "absolute": v_lr (module docstring)
-    compute_dtype: str = "float32"  # "bfloat16": the upper layers' matmuls in bf16; delta, loss and Adam stay float32
 
     def __post_init__(self):
         if self.v_num_grad_steps < 1:
@@ -68,19 +67,9 @@ class TargetHparams:
             raise TargetError(f"kl_factor and v_weight_decay must be >= 0, got {self.kl_factor}, {self.v_weight_decay}")
         if self.v_lr_units not in STEP_UNITS:
             raise TargetError(f"v_lr_units must be one of {STEP_UNITS}, got {self.v_lr_units!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise TargetError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 
 
 STEP_UNITS = ("absolute", "resid_rms")
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-def compute_context(hp: TargetHparams, device: torch.device):
-    """Where the upper layers' forward and backward run in bfloat16 (`compute_dtype`): torch's autocast casts
-    each matmul's operands, so the weights themselves are never touched and the delta (float32 master copy),
-    the log-softmax and the loss stay float32. About 2-3x faster matmuls on CPUs with bf16 units."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=hp.compute_dtype == "bfloat16")
 
 
 def step_scale(hp: TargetHparams, h0: Float[Tensor, "n d"]) -> Float[Tensor, "n 1"]:
@@ -352,15 +341,14 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     done = torch.zeros(n, dtype=torch.bool, device=resid.device)
     losses = torch.full((n,), float("nan"))
     is_kl_row = b.kl >= 0
-    with torch.no_grad(), compute_context(hp, resid.device):  # initial KL distribution: delta = 0
+    with torch.no_grad():  # initial KL distribution: delta = 0
         _, _, kl_init = _losses(model, sf, labels, kl_pos, b.record, torch.nonzero(is_kl_row)[:, 0], u.detach(), None)
         kl_init = kl_init[torch.argsort(b.record[is_kl_row])]  # indexed by record
     for step in range(hp.v_num_grad_steps):
         active = ~done
         rows = torch.nonzero(active[b.record])[:, 0]
         delta = u * scale
-        with compute_context(hp, resid.device):
-            nll, kl, _ = _losses(model, sf, labels, kl_pos, b.record, rows, delta, kl_init)
+        nll, kl, _ = _losses(model, sf, labels, kl_pos, b.record, rows, delta, kl_init)
         wd = hp.v_weight_decay * delta.norm(dim=-1) / h0_norm**2
         loss = nll + hp.kl_factor * kl + wd
         stop = active & ((loss < hp.early_stop_loss) | (step == hp.v_num_grad_steps - 1))
@@ -423,10 +411,7 @@ def injected_accuracy(model: LoadedModel, records: list[EditRecord], layer: int,
 
 def _cache_key(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str]) -> dict:
     """Everything a target depends on; stored inside its file too, so a swapped or stale file is caught."""
-    fields = dataclasses.asdict(hp)
-    if fields["compute_dtype"] == "float32":  # the field is newer than the cache: float32 targets keep their keys
-        del fields["compute_dtype"]
-    full = json.dumps([record.prompt, record.subject, record.target_new, layer, fields, prefixes])
+    full = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes])
     return {"weights": fingerprint, "layer": layer, "subject": record.subject, "target_new": record.target_new,
             "sha256": hashlib.sha256(full.encode()).hexdigest()}
 

@@ -29,7 +29,6 @@ class TargetFields:
 
     v_lr: float = 0.15
     v_lr_units: str = "resid_rms"  # Adam's step is v_lr * rms of the residual; "absolute": v_lr (targets.py)
-    compute_dtype: str = "float32"  # "bfloat16": targets' forward/backward matmuls in bf16 (targets.compute_context)
     v_num_grad_steps: int = 25
     v_weight_decay: float = 1e-3
     clamp_norm_factor: float = 4.0
@@ -45,12 +44,10 @@ class TargetFields:
             raise EditError(f"mom2_n_samples must be >= {CHUNK}, got {self.mom2_n_samples}")
         if self.v_num_grad_steps < 1 or self.v_lr <= 0:
             raise EditError(f"v_num_grad_steps must be >= 1 and v_lr > 0 (got {self.v_num_grad_steps}, {self.v_lr})")
-        from ..targets import COMPUTE_DTYPES, STEP_UNITS
+        from ..targets import STEP_UNITS
 
         if self.v_lr_units not in STEP_UNITS:
             raise EditError(f"v_lr_units must be one of {STEP_UNITS}, got {self.v_lr_units!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise EditError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 
 
 def check_layers(model: LoadedModel, layers, what: str) -> list[int]:
