@@ -340,7 +340,9 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     """The optimisation itself (no cache): one padded batch for all `records`. With `kind` and a family that
     puts a norm after that module (`family.output_emitter`), the variable is the change dv of the module's
     output v at the subject token of every row (ROME's v*), entering the residual as emit(v_row, dv); its
-    step, clamp and weight decay are then relative to v of the bare prompt instead of h."""
+    step and clamp are then relative to v of the bare prompt instead of h, and the weight decay is on the
+    residual change it makes there (|emit(v, dv)| / |h|^2: the norm ignores v's scale, so |dv| / |v|^2 would
+    weigh the same edit differently per layer)."""
     b = _batch(model, records, prefixes)
     n = len(records)
     resid = residual_at(model, b.ids, layer).detach()
@@ -349,14 +351,15 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     kl_pos = torch.where(b.kl >= 0, b.kl - b.subject, -1)
     h0 = resid[b.first, b.subject[b.first]]  # [n, d]
     emit = model.spec.family.output_emitter(kind, layer) if kind is not None else None
-    add = None
+    add, ref, resid_change = None, h0, lambda delta: delta  # noqa: E731
     if emit is not None:
         v = module_outputs(model, b.ids, b.subject, kind, layer).detach()
-        h0 = v[b.first]
+        ref = v[b.first]
         add = lambda rows, delta: emit(v[rows], delta[b.record[rows]].to(v.dtype))  # noqa: E731
+        resid_change = lambda delta: emit(ref, delta.to(ref.dtype))  # noqa: E731
     h0_norm = h0.norm(dim=-1)
-    max_norm = hp.clamp_norm_factor * h0_norm
-    scale = step_scale(hp, h0)
+    max_norm = hp.clamp_norm_factor * ref.norm(dim=-1)
+    scale = step_scale(hp, ref)
     torch.manual_seed(hp.seed)
     u = torch.zeros(n, resid.shape[-1], device=resid.device, requires_grad=True)  # delta = scale * u
     opt = torch.optim.Adam([u], lr=hp.v_lr)
@@ -373,7 +376,7 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
         rows = torch.nonzero(active[b.record])[:, 0]
         delta = u * scale
         nll, kl, _ = _losses(model, sf, labels, kl_pos, b.record, rows, delta, kl_init, add)
-        wd = hp.v_weight_decay * delta.norm(dim=-1) / h0_norm**2
+        wd = hp.v_weight_decay * resid_change(delta).norm(dim=-1) / h0_norm**2
         loss = nll + hp.kl_factor * kl + wd
         stop = active & ((loss < hp.early_stop_loss) | (step == hp.v_num_grad_steps - 1))
         with torch.no_grad():
@@ -438,7 +441,7 @@ def _cache_key(fingerprint: str, record: EditRecord, layer: int, hp: TargetHpara
     """Everything a target depends on; stored inside its file too, so a swapped or stale file is caught.
     `site`: the module whose (pre-norm) output the target changes; None: the residual."""
     full = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes]
-                      + ([site] if site else []))
+                      + ([f"{site} pre-norm output, weight decay on the residual change"] if site else []))
     return {"weights": fingerprint, "layer": layer, "subject": record.subject, "target_new": record.target_new,
             "sha256": hashlib.sha256(full.encode()).hexdigest()}
 
