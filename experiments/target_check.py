@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--set", nargs="*", default=[], metavar="K=V")
     p.add_argument("--lrs", nargs="*", type=float, default=[], help="run once per v_lr value (one model load)")
+    p.add_argument("--kind", choices=("w_out", "w_o"), help="optimise the change of this module's output at the "
+                   "layer (through the family's post-norm, targets.target_deltas(kind=)) instead of the residual")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", help="append the summary as one JSON line to this file")
     args = p.parse_args()
@@ -45,17 +47,17 @@ def main() -> None:
         overrides = parse_overrides(args.set, None)
         if lr is not None:
             overrides["v_lr"] = lr
-        out = check(model, args.method, load_hparams(args.method, model.name, overrides), records)
+        out = check(model, args.method, load_hparams(args.method, model.name, overrides), records, args.kind)
         print(json.dumps(out), flush=True)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(out) + "\n")
 
 
-def check(model, method: str, hp, records) -> dict:
+def check(model, method: str, hp, records, kind: str | None = None) -> dict:
     from intattn_tl.methods.memit import target_hparams
     from intattn_tl.prefixes import context_prefixes
-    from intattn_tl.targets import _batch, injected_accuracy, optimize_deltas, residual_at, step_scale
+    from intattn_tl.targets import _batch, injected_accuracy, optimize_deltas, residual_at, residual_deltas, step_scale
 
     layer = z_layer(model, method, hp)
     thp = target_hparams(hp)
@@ -63,7 +65,8 @@ def check(model, method: str, hp, records) -> dict:
     t0 = time.time()
     deltas, losses = [], []
     for i in range(0, len(records), 16):
-        d, s = optimize_deltas(model, records[i:i + 16], layer, thp, prefixes)
+        d, s = optimize_deltas(model, records[i:i + 16], layer, thp, prefixes, kind)
+        d = residual_deltas(model, records[i:i + 16], layer, kind, d)
         deltas.append(d)
         losses.append(s["loss"])
     seconds = time.time() - t0
@@ -72,7 +75,7 @@ def check(model, method: str, hp, records) -> dict:
     b = _batch(model, records, [""])
     h0 = residual_at(model, b.ids, layer)[b.first, b.subject[b.first]]
     rms = step_scale(type(thp)(v_lr_units="resid_rms"), h0)[:, 0]
-    return {"model": model.name, "method": method, "layer": layer, "n": len(records), "target": vars(thp),
+    return {"model": model.name, "method": method, "layer": layer, "kind": kind, "n": len(records), "target": vars(thp),
             "injected_accuracy": round(float(acc.mean()), 4), "records_at_100pct": int((acc == 1).sum()),
             "resid_rms_mean": round(float(rms.mean()), 3),
             "delta_over_h": round(float((delta.norm(dim=-1) / h0.norm(dim=-1)).mean()), 3),

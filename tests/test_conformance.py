@@ -105,6 +105,21 @@ def test_residual_change_and_output_change_agree_with_the_model(tiny):
         torch.testing.assert_close(moved, out + R)
 
 
+def test_output_emitter_is_the_blocks_residual_change(tiny):
+    """emit(v, dv) is what the block adds to the residual when W k = v becomes v + dv; None means no norm
+    (a residual target is then the output target itself)."""
+    fam, layer = tiny.spec.family, 1
+    g = torch.Generator().manual_seed(3)
+    k = torch.randn(3, tiny.spec.d_mlp, generator=g)
+    dW = 0.05 * torch.randn(tiny.spec.w_out[layer].shape, generator=g)
+    emit = fam.output_emitter("w_out", layer)
+    assert (emit is None) == (fam.post_norm("w_out", layer) is None)
+    if emit is not None:
+        with torch.no_grad():
+            v = k @ tiny.spec.w_out[layer].T
+            torch.testing.assert_close(emit(v, k @ dW.T), fam.residual_change("w_out", layer, k, dW))
+
+
 # ----------------------------------------------------------------------------- partial forwards
 
 

@@ -105,10 +105,10 @@ def test_gemma_post_norm_target_is_mapped_through_the_norm(tiny_gemma):
     assert (err < R.norm(dim=-1)).all() and (err < 0.5 * err_naive).all()
     before = _weights(tiny_gemma)
     hp = MEMITHparams(layers=[1, 2], mom2_update_weight=1e-3, **FAST)
-    from intattn_tl.targets import target_deltas
+    from intattn_tl.methods.memit import targets_at
 
-    h0 = resid_post(tiny_gemma, REC, 2, [""])
-    z = h0 + target_deltas(tiny_gemma, REC, 2, target_hparams(hp), prefixes=[""])
+    h0, delta = targets_at(tiny_gemma, REC, 2, hp, [""])  # MEMIT's own target: emitted through layer 2's norm
+    z = h0 + delta
     res = edit(tiny_gemma, REC, "memit", hp)
     h1 = resid_post(tiny_gemma, REC, 2, [""])
     res.rollback()

@@ -12,7 +12,7 @@ from intattn_tl.methods.ft import FTHparams, _below, _inputs, mlp_change
 from intattn_tl.methods.memit import target_hparams
 from intattn_tl.methods.r_rome import RROMEHparams
 from intattn_tl.methods.rome import ROMEHparams, rank_one, rome_update, value_target
-from intattn_tl.targets import logits_from, target_deltas
+from intattn_tl.targets import logits_from, residual_deltas, target_deltas
 
 FACT = EditRecord(id="made-up", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
                   ground_truth=("Zorb",))
@@ -47,19 +47,18 @@ def test_rome_update_hits_value(request, name, consistent):
     hp = (RROMEHparams if consistent else ROMEHparams)(**TINY)
     state = EditState(data={"prefixes": PREFIXES})
     layer, D, _ = rome_update(model, FACT, hp, state, consistent=consistent)
-    delta = target_deltas(model, [FACT], layer, target_hparams(hp), prefixes=PREFIXES)[0]  # disk-cache hit
+    delta = target_deltas(model, [FACT], layer, target_hparams(hp), prefixes=PREFIXES, kind="w_out")[0]  # cache hit
     k_bare = mlp_keys(model, [FACT], layer, [""])[0]
     k = k_bare if consistent else mlp_keys(model, [FACT], layer, PREFIXES)[0]
     v = value_target(model, layer, k_bare, delta)
     W = model.spec.w_out[layer].double()
     torch.testing.assert_close((W + D) @ k.double(), v.double(), atol=1e-4, rtol=1e-4)
-    norm = model.spec.family.post_norm("w_out", layer)
-    if norm is not None and consistent:  # the block's output moves in the direction of norm(W k) + delta
+    if consistent:  # the block moves the residual by exactly the change the target was optimised as
+        norm = model.spec.family.post_norm("w_out", layer) or (lambda x: x)
         with torch.no_grad():
-            got = norm(((W + D) @ k_bare.double()).float())
-            want = norm(W.float() @ k_bare) + delta
-        gain = norm(torch.full_like(want, 1e3))
-        assert torch.nn.functional.cosine_similarity(got / gain, want / gain, dim=0) > 1 - 1e-5
+            got = norm(((W + D) @ k_bare.double()).float()) - norm(W.float() @ k_bare)
+        want = residual_deltas(model, [FACT], layer, "w_out", delta[None])[0]
+        torch.testing.assert_close(got, want, atol=1e-4 * float(want.norm()), rtol=1e-4)
 
 
 def test_rome_edit_rolls_back_bit_exactly(tiny_llama):

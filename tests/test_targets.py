@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from intattn_tl.data import EditRecord
-from intattn_tl.families.gemma3 import prenorm_target
+from intattn_tl.families.gemma3 import norm_gain, prenorm_target
 from intattn_tl.targets import (
-    TargetError, TargetHparams, _batch, _cache_path, _length_groups, injected_accuracy, logits_from, optimize_deltas,
-    residual_at, step_scale, target_deltas,
+    TargetError, TargetHparams, _batch, _cache_path, _length_groups, injected_accuracy, logits_from, module_outputs,
+    optimize_deltas, residual_at, residual_deltas, step_scale, target_deltas,
 )
 from intattn_tl.tokens import answer_ids, prompt_ids
 
@@ -197,3 +197,32 @@ def test_targets_on_a_bfloat16_model():
     assert delta.dtype == torch.float32 and torch.isfinite(delta).all()
     zero = injected_accuracy(model, [record], 0, torch.zeros_like(delta))
     assert float(injected_accuracy(model, [record], 0, delta)[0]) > float(zero[0])
+
+
+def test_output_space_targets_go_through_the_post_norm(tiny_gemma, cache):
+    """On Gemma-3 the optimised variable is the change dv of W_out's pre-norm output: its residual change
+    is emitted through the norm (so bounded by it), it reaches the target like a residual delta does, and it
+    is cached apart from residual targets."""
+    record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
+    hp = TargetHparams(v_lr=0.5, v_num_grad_steps=30)
+    dv = target_deltas(tiny_gemma, [record], 1, hp, prefixes=["", "Hi. "], kind="w_out")
+    resid = target_deltas(tiny_gemma, [record], 1, hp, prefixes=["", "Hi. "])
+    assert not torch.equal(dv, resid) and len(list((cache / "targets-v2").rglob("*.pt"))) == 2
+    d = residual_deltas(tiny_gemma, [record], 1, "w_out", dv)
+    b = _batch(tiny_gemma, [record], [""])
+    v = module_outputs(tiny_gemma, b.ids[b.first], b.subject[b.first], "w_out", 1)
+    with torch.no_grad():
+        y = tiny_gemma.spec.family.post_norm("w_out", 1)(v)
+        torch.testing.assert_close(d, tiny_gemma.spec.family.post_norm("w_out", 1)(v + dv) - y)
+    assert float(d.norm()) <= 2 * float(norm_gain(tiny_gemma.spec.family.post_norm("w_out", 1), v).abs().max()) * v.shape[-1] ** 0.5
+    zero = injected_accuracy(tiny_gemma, [record], 1, torch.zeros_like(d))
+    assert float(injected_accuracy(tiny_gemma, [record], 1, d)[0]) > float(zero[0])
+
+
+def test_output_space_targets_are_residual_targets_without_a_post_norm(tiny_llama, cache):
+    """Llama-style families: kind= changes nothing (same deltas, same cache file): their numbers stay put."""
+    hp = TargetHparams(v_num_grad_steps=5)
+    plain = target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""])
+    assert torch.equal(target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""], kind="w_out"), plain)
+    assert len(list((cache / "targets-v2").rglob("*.pt"))) == 1
+    assert torch.equal(residual_deltas(tiny_llama, [FACT], 1, "w_out", plain), plain)

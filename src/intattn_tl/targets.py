@@ -293,16 +293,18 @@ def _batch(model: LoadedModel, records: list[EditRecord], prefixes: list[str]) -
 
 
 def _losses(model: LoadedModel, sf: Suffixes, labels: Tensor, kl_pos: Tensor, record: Tensor, rows: Tensor,
-            delta: Tensor, kl_init: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+            delta: Tensor, kl_init: Tensor | None, add=None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-record NLL and KL (zero for records without rows in `rows`), and the KL rows' log-probs.
 
-    `labels` / `kl_pos` are in suffix coordinates (position - start of the row)."""
+    `labels` / `kl_pos` are in suffix coordinates (position - start of the row). `add(rows, delta)`: what
+    enters the residual of each row (default: its record's delta itself)."""
     rec = record[rows]
     labels, kl_pos = labels[rows], kl_pos[rows]
     is_kl = kl_pos >= 0
     where = labels != -100
     where[is_kl, kl_pos[is_kl]] = True
-    logp = torch.log_softmax(unembed(model, sf.hidden(rows, delta[rec])[where]).float(), -1)  # [m, vocab], row-major
+    resid_add = delta[rec] if add is None else add(rows, delta)
+    logp = torch.log_softmax(unembed(model, sf.hidden(rows, resid_add)[where]).float(), -1)  # [m, vocab], row-major
     row_of = torch.nonzero(where)[:, 0]
     tgt = labels[where]
     is_tgt = tgt != -100
@@ -321,9 +323,28 @@ def _losses(model: LoadedModel, sf: Suffixes, labels: Tensor, kl_pos: Tensor, re
     return nll, kl, kl_logp
 
 
+def module_outputs(model: LoadedModel, ids: Int[Tensor, "b t"], at: Int[Tensor, "b"], kind: str,
+                   layer: int) -> Float[Tensor, "b d_model"]:
+    """W k of weight `kind` at `layer` at position at[i] of row i (before any post-norm)."""
+    from .keys import key_site
+
+    site, got = key_site(kind, layer), {}
+    with torch.no_grad():
+        model.bridge.run_with_hooks(ids, fwd_hooks=[(site, lambda x, hook: got.setdefault("k", x))],
+                                    stop_at_layer=min(layer + 1, model.spec.n_layers))
+    k = got["k"][torch.arange(len(at), device=ids.device), at]
+    W = model.spec.family.weight(kind, layer)
+    return k.flatten(1).to(W.dtype) @ W.T
+
+
 def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
-                    prefixes: list[str]) -> tuple[Float[Tensor, "n d_model"], dict]:
-    """The optimisation itself (no cache): one padded batch for all `records`."""
+                    prefixes: list[str], kind: str | None = None) -> tuple[Float[Tensor, "n d_model"], dict]:
+    """The optimisation itself (no cache): one padded batch for all `records`. With `kind` and a family that
+    puts a norm after that module (`family.output_emitter`), the variable is the change dv of the module's
+    output v at the subject token of every row (ROME's v*), entering the residual as emit(v_row, dv); its
+    step and clamp are then relative to v of the bare prompt instead of h, and the weight decay is on the
+    residual change it makes there (|emit(v, dv)| / |h|^2: the norm ignores v's scale, so |dv| / |v|^2 would
+    weigh the same edit differently per layer)."""
     b = _batch(model, records, prefixes)
     n = len(records)
     resid = residual_at(model, b.ids, layer).detach().to(model.device)  # from layer's device to the batch's
@@ -331,9 +352,16 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     labels = torch.where(sf.real, b.labels.gather(1, sf.pos.clamp(max=b.ids.shape[1] - 1)), -100)
     kl_pos = torch.where(b.kl >= 0, b.kl - b.subject, -1)
     h0 = resid[b.first, b.subject[b.first]]  # [n, d]
+    emit = model.spec.family.output_emitter(kind, layer) if kind is not None else None
+    add, ref, resid_change = None, h0, lambda delta: delta  # noqa: E731
+    if emit is not None:
+        v = module_outputs(model, b.ids, b.subject, kind, layer).detach()
+        ref = v[b.first]
+        add = lambda rows, delta: emit(v[rows], delta[b.record[rows]].to(v.dtype))  # noqa: E731
+        resid_change = lambda delta: emit(ref, delta.to(ref.dtype))  # noqa: E731
     h0_norm = h0.norm(dim=-1)
-    max_norm = hp.clamp_norm_factor * h0_norm
-    scale = step_scale(hp, h0)
+    max_norm = hp.clamp_norm_factor * ref.norm(dim=-1)
+    scale = step_scale(hp, ref)
     torch.manual_seed(hp.seed)
     u = torch.zeros(n, resid.shape[-1], device=resid.device, requires_grad=True)  # delta = scale * u
     opt = torch.optim.Adam([u], lr=hp.v_lr)
@@ -342,14 +370,15 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     losses = torch.full((n,), float("nan"))
     is_kl_row = b.kl >= 0
     with torch.no_grad():  # initial KL distribution: delta = 0
-        _, _, kl_init = _losses(model, sf, labels, kl_pos, b.record, torch.nonzero(is_kl_row)[:, 0], u.detach(), None)
+        _, _, kl_init = _losses(model, sf, labels, kl_pos, b.record, torch.nonzero(is_kl_row)[:, 0], u.detach(), None,
+                                add)
         kl_init = kl_init[torch.argsort(b.record[is_kl_row])]  # indexed by record
     for step in range(hp.v_num_grad_steps):
         active = ~done
         rows = torch.nonzero(active[b.record])[:, 0]
         delta = u * scale
-        nll, kl, _ = _losses(model, sf, labels, kl_pos, b.record, rows, delta, kl_init)
-        wd = hp.v_weight_decay * delta.norm(dim=-1) / h0_norm**2
+        nll, kl, _ = _losses(model, sf, labels, kl_pos, b.record, rows, delta, kl_init, add)
+        wd = hp.v_weight_decay * resid_change(delta).norm(dim=-1) / h0_norm**2
         loss = nll + hp.kl_factor * kl + wd
         stop = active & ((loss < hp.early_stop_loss) | (step == hp.v_num_grad_steps - 1))
         with torch.no_grad():
@@ -409,9 +438,12 @@ def injected_accuracy(model: LoadedModel, records: list[EditRecord], layer: int,
 # ----------------------------------------------------------------------------- disk cache
 
 
-def _cache_key(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str]) -> dict:
-    """Everything a target depends on; stored inside its file too, so a swapped or stale file is caught."""
-    full = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes])
+def _cache_key(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str],
+               site: str | None = None) -> dict:
+    """Everything a target depends on; stored inside its file too, so a swapped or stale file is caught.
+    `site`: the module whose (pre-norm) output the target changes; None: the residual."""
+    full = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes]
+                      + ([f"{site} pre-norm output, weight decay on the residual change"] if site else []))
     return {"weights": fingerprint, "layer": layer, "subject": record.subject, "target_new": record.target_new,
             "sha256": hashlib.sha256(full.encode()).hexdigest()}
 
@@ -420,8 +452,9 @@ def _path(key: dict):
     return cache_dir() / "targets-v2" / key["weights"] / f"L{key['layer']}-{key['sha256'][:24]}.pt"
 
 
-def _cache_path(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str]):
-    return _path(_cache_key(fingerprint, record, layer, hp, prefixes))
+def _cache_path(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str],
+                site: str | None = None):
+    return _path(_cache_key(fingerprint, record, layer, hp, prefixes, site))
 
 
 def _load(key: dict, d: int) -> Tensor | None:
@@ -437,9 +470,12 @@ def _save(key: dict, t: Tensor) -> None:
 
 def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
                   prefixes: list[str] | None = None, use_cache: bool = True,
-                  chunk: int = 16) -> Float[Tensor, "n d_model"]:
+                  chunk: int = 16, kind: str | None = None) -> Float[Tensor, "n d_model"]:
     """delta_i added to blocks.{layer}.hook_resid_post at the last subject token of every prefixed prompt
     makes the model predict records[i].target_new (MEMIT's z - h); see the module docstring.
+    With `kind` ("w_out" / "w_o"), where the family passes that module's output through a norm
+    (`family.output_emitter`), delta_i is the change of the module's pre-norm output instead
+    (`residual_deltas` turns it into the residual change); elsewhere the two are the same thing.
 
     Cached on disk per (model weights fingerprint, record, layer, hp, prefixes), that key and a sha256 inside
     each file (store.py); a corrupt, altered or swapped file is recomputed. Records not in the cache are optimised `chunk` at a time in one padded batch each.
@@ -456,14 +492,29 @@ def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp:
     if not prefixes:
         raise TargetError("prefixes is empty; pass [''] for the bare prompt")
     d = model.spec.d_model
-    keys = [_cache_key(fingerprint, r, layer, hp, prefixes) for r in records]
+    site = kind if kind is not None and model.spec.family.output_emitter(kind, layer) is not None else None
+    keys = [_cache_key(fingerprint, r, layer, hp, prefixes, site) for r in records]
     out: list[Tensor | None] = [_load(k, d) if use_cache else None for k in keys]
     todo = [i for i, t in enumerate(out) if t is None]
     for start in range(0, len(todo), chunk):
         idx = todo[start: start + chunk]
-        deltas, _ = optimize_deltas(model, [records[i] for i in idx], layer, hp, prefixes)
+        deltas, _ = optimize_deltas(model, [records[i] for i in idx], layer, hp, prefixes, site)
         for i, dlt in zip(idx, deltas):
             out[i] = dlt.cpu()
             if use_cache:
                 _save(keys[i], dlt)
     return torch.stack(out).to(model.device)
+
+
+def residual_deltas(model: LoadedModel, records: list[EditRecord], layer: int, kind: str | None,
+                    deltas: Float[Tensor, "n d_model"]) -> Float[Tensor, "n d_model"]:
+    """The residual change at blocks.{layer}.hook_resid_post (last subject token, bare prompt) that
+    `target_deltas(..., kind=kind)` asks for: the deltas themselves unless the family passes the module's
+    output through a norm, then emit(v, delta)."""
+    emit = model.spec.family.output_emitter(kind, layer) if kind is not None else None
+    if emit is None:
+        return deltas
+    b = _batch(model, records, [""])
+    v = module_outputs(model, b.ids[b.first], b.subject[b.first], kind, layer)
+    with torch.no_grad():
+        return emit(v, deltas.to(v))

@@ -157,11 +157,11 @@ def param_hashes(model) -> dict[str, str]:
 
 
 def check_target(model, records, hp, state) -> Row:
-    from ..methods.memit import edit_prefixes, target_hparams
-    from ..targets import injected_accuracy, target_deltas
+    from ..methods.memit import edit_prefixes, targets_at
+    from ..targets import injected_accuracy
 
     layer = hp.target_layer(model)
-    deltas = target_deltas(model, records, layer, target_hparams(hp), prefixes=edit_prefixes(model, hp, state))
+    _, deltas = targets_at(model, records, layer, hp, edit_prefixes(model, hp, state))
     acc = injected_accuracy(model, records, layer, deltas)
     worst = int(acc.argmin())
     return Row(f"targets at layer {layer} -> target_new", f"{float(acc.mean()):.1%} of target tokens "
@@ -176,7 +176,8 @@ def check_rome(model, records, hp, state) -> Row:
 
     # One batched optimisation fills the disk cache the single edits then read: the same deltas (records
     # are optimised independently inside a batch), several times faster than ten separate optimisations.
-    target_deltas(model, records, hp.layer(model), target_hparams(hp), prefixes=edit_prefixes(model, hp, state))
+    target_deltas(model, records, hp.layer(model), target_hparams(hp), prefixes=edit_prefixes(model, hp, state),
+                  kind="w_out")
     scores = []
     for r in records:
         result = edit(model, [r], "rome", hp, state)

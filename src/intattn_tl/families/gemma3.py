@@ -43,6 +43,14 @@ class Gemma3(Llama):
         norm = self.post_norm(kind, layer)
         return prenorm_target(norm, v, norm(v) + R.to(v))
 
+    def output_emitter(self, kind, layer):
+        """norm(v + dv) - norm(v): targets are optimised as a change of the pre-norm output (ROME's own v*,
+        inside the post-norm), so whatever they ask for the module can emit through the norm. A residual
+        target optimised freely is not emittable: on Gemma-3-270M it is as large as the residual (|delta|
+        ~ |h| ~ 6600 at layer 7) while the norm's output is ~500-1600 and can only be turned."""
+        norm = self.post_norm(kind, layer)
+        return lambda v, dv: norm(v + dv) - norm(v)
+
     def rope(self, x, pos):
         return {kind: self.rotary(x, pos, kind) for kind in set(self.layer_types())}
 

@@ -126,6 +126,12 @@ class Llama:
         """The module output v* whose residual contribution is the current one (of output v) plus R."""
         return v + R.to(v)
 
+    def output_emitter(self, kind: str, layer: int) -> Callable[[Tensor, Tensor], Tensor] | None:
+        """(v, dv) -> the residual change when module `kind`'s output v becomes v + dv (differentiable), for
+        families with a norm in between; None: the output enters the residual as it is, so a residual
+        target *is* the output target and targets are optimised in the residual (targets.py)."""
+        return None
+
     # ------------------------------------------------------------------------- running the stack
 
     def layer_types(self) -> list[str]:

@@ -89,7 +89,8 @@ def run(model: LoadedModel, records, hp: IntAttnHparams, tx: WeightTransaction, 
     z_layer = max(max(chains[k][0]) for k in active)
     prefixes = edit_prefixes(model, hp, state)
     C = edit_statistics(model, [(k, l) for k in active for l in chains[k][0]], hp, state)
-    h0, delta = targets_at(model, records, z_layer, hp, prefixes)
+    top = next(k for k in reversed(order) if k in active and max(chains[k][0]) == z_layer)  # the chain that owns L
+    h0, delta = targets_at(model, records, z_layer, hp, prefixes, top)
     steps = []
     for i, kind in enumerate(active):
         layers, share, lam, subject_tokens = chains[kind]

@@ -159,13 +159,15 @@ def lam_solver(C: dict, kind: str, lam: float) -> Solver:
     return lambda layer, R, K: solve_delta(R, K, C[(kind, layer)], lam)
 
 
-def targets_at(model: LoadedModel, records, z_layer: int, hp, prefixes: list[str]):
-    """(h_L on the bare prompts, delta): the chain drives h_L to h_L + delta."""
-    from ..targets import target_deltas
+def targets_at(model: LoadedModel, records, z_layer: int, hp, prefixes: list[str], kind: str = "w_out"):
+    """(h_L on the bare prompts, delta): the chain drives h_L to h_L + delta. The target is optimised as a
+    change of module `kind`'s output at L (targets.target_deltas), so where a norm sits between that module
+    and the residual (Gemma-3) delta is a residual change the top layer can emit through it."""
+    from ..targets import residual_deltas, target_deltas
 
-    delta = target_deltas(model, records, z_layer, target_hparams(hp), prefixes=prefixes)
+    out = target_deltas(model, records, z_layer, target_hparams(hp), prefixes=prefixes, kind=kind)
     h = resid_post(model, records, z_layer, [""])
-    return h, delta.to(h.device)  # where layer L runs
+    return h, residual_deltas(model, records, z_layer, kind, out).to(h.device)  # where layer L runs
 
 
 @register("memit", MEMITHparams, batch=True)

@@ -1,15 +1,17 @@
 """ROME (Meng et al. 2022): one rank-one update of one layer's MLP output matrix per fact.
 
 Key k* = the MLP key (input to W_out) at the last subject token, averaged over context prefixes.
-Value v* = the MLP output for the bare prompt plus the target delta (targets.target_deltas at this layer:
-adding to hook_mlp_out == adding to hook_resid_post). With C = E[k k^T] over Wikipedia text, the paper's
+Value v* = the MLP output for the bare prompt plus the target delta (targets.target_deltas at this layer,
+optimised as a change of W_out's output: ROME's own v*; without a post-norm the same as adding to
+hook_resid_post). With C = E[k k^T] over Wikipedia text, the paper's
 update (its Eq. 2) is the smallest change in the C^-1 metric that makes W k* = v*:
 
     Delta = (v* - W k*) (C^-1 k*)^T / ((C^-1 k*)^T k*)
 
 (ROME's code mixes keys: C^-1 k* from the averaged key, but W k and the denominator from the bare prompt's
-key; R-ROME (r_rome.py) uses one key throughout.) Gemma-3 adds norm(W k) to the residual, so v* is first
-mapped back through the post-feed-forward norm (the family adapter's `output_target`).
+key; R-ROME (r_rome.py) uses one key throughout.) Gemma-3 adds norm(W k) to the residual, so there the
+delta is optimised inside the post-feed-forward norm, with the loss through it (`family.output_emitter`),
+and v* is emittable by construction.
 """
 
 from __future__ import annotations
@@ -62,10 +64,10 @@ def rank_one(W: Float[Tensor, "d_out d_in"], k: Float[Tensor, "d_in"], v: Float[
 
 def value_target(model: LoadedModel, layer: int, k_bare: Float[Tensor, "d_mlp"],
                  delta: Float[Tensor, "d_model"]) -> Float[Tensor, "d_model"]:
-    """v*: the bare prompt's W_out k moved by `delta` in residual space (through a post-norm if any)."""
+    """v*: the bare prompt's W_out k moved by `delta` (a change of W_out's output, target_deltas(kind="w_out"))."""
     W = model.spec.w_out[layer]
     with torch.no_grad():
-        return model.spec.family.output_target("w_out", layer, W @ k_bare.to(W), delta)
+        return W @ k_bare.to(W) + delta.to(W)
 
 
 def rome_update(model: LoadedModel, record, hp: ROMEHparams, state: EditState,
@@ -74,7 +76,7 @@ def rome_update(model: LoadedModel, record, hp: ROMEHparams, state: EditState,
     layer = hp.layer(model)
     prefixes = edit_prefixes(model, hp, state)
     C = edit_statistics(model, [("w_out", layer)], hp, state)[("w_out", layer)] if hp.mom2_adjustment else None
-    delta = target_deltas(model, [record], layer, target_hparams(hp), prefixes=prefixes)[0]
+    delta = target_deltas(model, [record], layer, target_hparams(hp), prefixes=prefixes, kind="w_out")[0]
     k_bare = mlp_keys(model, [record], layer, [""])[0]
     k = k_bare if consistent else mlp_keys(model, [record], layer, prefixes)[0]
     v = value_target(model, layer, k_bare, delta)
