@@ -511,10 +511,14 @@ def residual_deltas(model: LoadedModel, records: list[EditRecord], layer: int, k
     """The residual change at blocks.{layer}.hook_resid_post (last subject token, bare prompt) that
     `target_deltas(..., kind=kind)` asks for: the deltas themselves unless the family passes the module's
     output through a norm, then emit(v, delta)."""
+    from .keys import key_site, subject_activations
+
     emit = model.spec.family.output_emitter(kind, layer) if kind is not None else None
     if emit is None:
         return deltas
-    b = _batch(model, records, [""])
-    v = module_outputs(model, b.ids[b.first], b.subject[b.first], kind, layer)
+    site = key_site(kind, layer)
+    k = subject_activations(model, records, [site], [""])[site]  # the bare prompts' keys at the last subject token
+    W = model.spec.family.weight(kind, layer)
     with torch.no_grad():
+        v = k.to(W) @ W.T
         return emit(v, deltas.to(v))
