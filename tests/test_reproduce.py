@@ -154,6 +154,12 @@ def test_reproduce_dtype_is_recorded_and_not_mixed(tmp_path, capsys):
     assert main(args + ["--dtype", "bfloat16"]) == 0
     cells = sorted((tmp_path / "table1-tiny-llama" / "cells").glob("memit-T*.json"))
     assert cells and all(json.loads(c.read_text())["settings"]["dtype"] == "bfloat16" for c in cells)
+    # every cell exists: a float32 run still checks them and refuses to show bf16 cells as its table
+    table = tmp_path / "table1-tiny-llama" / "table.md"
+    before = table.read_text()
+    assert main(args) == 2
+    assert "dtype" in capsys.readouterr().err and table.read_text() == before
+    assert main(args + ["--dtype", "bfloat16"]) == 0  # the same settings: the finished table, no recomputation
     cells[-1].unlink()  # one cell left to compute: a float32 run may not add it to the bf16 cells
     assert main(args) == 2
     assert "dtype" in capsys.readouterr().err and not cells[-1].exists()

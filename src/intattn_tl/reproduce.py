@@ -240,14 +240,18 @@ def run_table(run: TableRun, cells: list[tuple[str, int]] | None = None) -> Path
     out = run.dir
     done = load_cells(run)  # every finished cell verified first: a damaged one stops the run here
     todo = [c for c in (cells or grid(run)) if c not in done]
-    write_text(out / "run.json", json.dumps(_run_record(run, out / "run.json"), indent=1, default=str))
+    record = _run_record(run, out / "run.json")  # a run scored differently from the folder's stops here
+    # The model is loaded even when every cell exists: the cells' recorded settings are checked against this
+    # run's (dtype, --set, YAML, tracing defaults), so a table is never shown for settings it was not made with.
+    # `intattn reproduce collect` assembles whatever cells exist without that check.
+    model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map,
+                       max_memory=run.max_memory)
+    for m in run.methods:  # every method's hyperparameters checked before the first cell runs
+        check_hparams(m, load_hparams(m, model.name, run.hparam_overrides.get(m)), model)
+    settings = {m: cell_settings(run, m, model) for m in {"pre-edit", *run.methods, *(m for m, _ in todo)}}
+    check_resume(run, done, settings)
+    write_text(out / "run.json", json.dumps(record, indent=1, default=str))
     if todo:
-        model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map,
-                           max_memory=run.max_memory)
-        for m in run.methods:  # every method's hyperparameters checked before the first cell runs
-            check_hparams(m, load_hparams(m, model.name, run.hparam_overrides.get(m)), model)
-        settings = {m: cell_settings(run, m, model) for m in {"pre-edit", *run.methods, *(m for m, _ in todo)}}
-        check_resume(run, done, settings)
         records = load_edits(run.dataset, limit=max(run.sizes))
         ref = locality_reference(model, records, run.eval_cfg)  # pre-edit predictions, computed once
         plan = _plan(todo, run.sizes, done)
