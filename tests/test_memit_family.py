@@ -52,6 +52,13 @@ def test_memit_reaches_the_target_residual(tiny_llama):
     try:
         h1 = resid_post(tiny_llama, REC, 2, [""])
         assert (h1 - z).norm() < 0.2 * (h0 - z).norm()
+        # the chain's account: no post-norm on Llama, so the module change is the residual change at l, and
+        # at the top layer (= z) nothing lies between l and z; the chain has built most of z - h0
+        top = res.stats["steps"][-1]
+        assert top["layer"] == 2 and top["module"] == top["resid@l"]
+        assert top["resid@z"] == pytest.approx(top["resid@l"], abs=2e-3)
+        assert top["chain"] == pytest.approx(memit_mod.cos_ratio(h1 - h0, z - h0), abs=2e-3)
+        assert top["chain"][0] > 0.95
     finally:
         res.rollback()
 

@@ -99,5 +99,5 @@ def run(model: LoadedModel, records, hp: IntAttnHparams, tx: WeightTransaction, 
         z = h0 + delta if (last and i > 0 and hp.residual_split == "remainder") else start + share * delta
         steps += memit_chain(model, records, kind, layers, z, z_layer, lam_solver(C, kind, lam), tx, prefixes,
                              subject_tokens)
-    return {"alpha": alpha, "z_layer": z_layer, "order": active, "steps": steps,
+    return {"alpha": alpha, "z_layer": z_layer, "target_kind": top, "order": active, "steps": steps,
             "target_norm": float(delta.norm(dim=-1).mean())}

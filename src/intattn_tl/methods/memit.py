@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -116,20 +117,41 @@ def to_module_space(model: LoadedModel, kind: str, layer: int, K: Float[Tensor, 
 Solver = Callable[[int, Tensor, Tensor], Tensor]  # (layer, R [d_out, n], K [d_in, n]) -> delta
 
 
+def cos_ratio(real: Float[Tensor, "n d"], want: Float[Tensor, "n d"]) -> tuple[float, float]:
+    """(mean cosine, mean |real| / |want|) over rows: how much of an intended change was realised."""
+    real, want = real.double(), want.double()
+    cos = torch.nn.functional.cosine_similarity(real, want, dim=-1).mean()
+    ratio = (real.norm(dim=-1) / want.norm(dim=-1).clamp(min=1e-12)).mean()
+    return round(float(cos), 3), round(float(ratio), 3)
+
+
 def memit_chain(model: LoadedModel, records, kind: str, layers: list[int], z: Float[Tensor, "n d_model"],
                 z_layer: int, solver: Solver, tx: WeightTransaction, prefixes: list[str],
                 subject_tokens: str = "last") -> list[dict]:
-    """Ascending over `layers`: recompute keys and h_{z_layer}, solve for (z - h)/(layers left), update."""
+    """Ascending over `layers`: recompute keys and h_{z_layer}, solve for (z - h)/(layers left), update.
+
+    Each step's stats account for where the edit goes (cos_ratio of realised vs intended): `module`, the
+    module-output change asked for vs K dW^T; `resid@l`, R vs the change of the module's residual
+    contribution (through a post-norm if the family has one); `resid@z`, R vs what h_{z_layer} moved;
+    `chain`, this chain's whole target z - h (before its first step) vs what h_{z_layer} has moved so far."""
+    family = model.spec.family
     stats = []
+    h = h_first = resid_post(model, records, z_layer, [""])
     for i, layer in enumerate(layers):
         site = key_site(kind, layer)
         K = subject_activations(model, records, [site], prefixes, subject_tokens)[site]
-        h = resid_post(model, records, z_layer, [""])
         R = (z - h) / (len(layers) - i)
-        delta = solver(layer, to_module_space(model, kind, layer, K, R).T, K.T)
+        want = to_module_space(model, kind, layer, K, R)
+        delta = solver(layer, want.T, K.T)
         tx.update(kind, layer, delta)
-        stats.append({"kind": kind, "layer": layer, "residual_norm": float(R.norm(dim=-1).mean()),
-                      "delta_norm": float(delta.norm())})
+        h_next = resid_post(model, records, z_layer, [""])  # what the next step starts from
+        with torch.no_grad():
+            at_l = family.residual_change(kind, layer, K, delta.to(K.dtype))
+            stats.append({"kind": kind, "layer": layer, "residual_norm": float(R.norm(dim=-1).mean()),
+                          "delta_norm": float(delta.norm()), "module": cos_ratio(K.to(delta.dtype) @ delta.T, want),
+                          "resid@l": cos_ratio(at_l, R), "resid@z": cos_ratio(h_next - h, R),
+                          "chain": cos_ratio(h_next - h_first, z - h_first)})
+        h = h_next
     return stats
 
 
@@ -178,4 +200,4 @@ def run(model: LoadedModel, records, hp: MEMITHparams, tx: WeightTransaction, st
     h, delta = targets_at(model, records, layers[-1], hp, prefixes)
     steps = memit_chain(model, records, "w_out", layers, h + delta, layers[-1],
                         lam_solver(C, "w_out", hp.mom2_update_weight), tx, prefixes)
-    return {"layers": layers, "steps": steps, "target_norm": float(delta.norm(dim=-1).mean())}
+    return {"layers": layers, "z_layer": layers[-1], "target_kind": "w_out", "steps": steps, "target_norm": float(delta.norm(dim=-1).mean())}
