@@ -46,17 +46,20 @@ def main() -> None:
     state = EditState()
     result = edit(model, records, args.method, hp, state=state)
     stats = result.stats
-    z, kind = stats["z_layer"], stats["target_kind"]
+    sites = [(t["layer"], t["kind"]) for t in stats["targets"]] if "targets" in stats else \
+        [(stats["z_layer"], stats["target_kind"])]
     try:  # the edited model on target_new: the injected check with nothing added
         zeros = torch.zeros(len(records), model.spec.d_model, device=model.device)
-        edited = float(injected_accuracy(model, records, z, zeros).mean())
+        edited = float(injected_accuracy(model, records, sites[0][0], zeros).mean())
     finally:
         result.tx.rollback()
-    _, delta = targets_at(model, records, z, hp, edit_prefixes(model, hp, state), kind)  # cached by the edit
-    out = {"model": model.name, "method": args.method, "n": len(records), "set": args.set, "z": z,
-           "target_kind": kind, **{k: stats[k] for k in ("alpha", "order") if k in stats},
-           "target_norm": round(stats["target_norm"], 1),
-           "injected_accuracy": round(float(injected_accuracy(model, records, z, delta).mean()), 3),
+    injected = {}
+    for layer, kind in dict.fromkeys(sites):
+        _, delta = targets_at(model, records, layer, hp, edit_prefixes(model, hp, state), kind)  # cached by the edit
+        injected[f"{kind}@{layer}"] = round(float(injected_accuracy(model, records, layer, delta).mean()), 3)
+    out = {"model": model.name, "method": args.method, "n": len(records), "set": args.set,
+           **{k: stats[k] for k in ("alpha", "order") if k in stats},
+           "target_norm": round(stats["target_norm"], 1), "injected_accuracy": injected,
            "edited_token_accuracy": round(edited, 3),
            "steps": [{k: s[k] for k in ("kind", "layer", "module", "resid@l", "resid@z", "chain")}
                      for s in stats["steps"]]}

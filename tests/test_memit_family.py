@@ -77,6 +77,29 @@ def test_intattn_edits_both_modules_and_alpha_scales_attention(tiny_llama):
     assert norms[0.8]["w_out.2"] < norms[0.2]["w_out.2"]
 
 
+def test_intattn_per_chain_targets_sit_at_each_chains_top(tiny_gemma):
+    """target_site=per_chain: each chain's own target at its own top module (attention above the MLPs here,
+    as traced on Gemma-3); shared: one target at the top, shaped for the module there."""
+    base = dict(layers=[1], attn_layers=[2], alpha=0.5, mom2_update_weight=1.0, attn_mom2_update_weight=1.0, **FAST)
+    before = _weights(tiny_gemma)
+    got = {}
+    for site in ("shared", "per_chain"):
+        res = edit(tiny_gemma, REC, "intattn", IntAttnHparams(target_site=site, **base))
+        got[site] = ([(t["chain"], t["layer"], t["kind"]) for t in res.stats["targets"]],
+                     {k: v.clone() for k, v in res.deltas.items()})
+        assert set(res.deltas) == {"w_o.2", "w_out.1"}
+        res.rollback()
+        assert _same(tiny_gemma, before)
+    assert got["shared"][0] == [("w_o", 2, "w_o"), ("w_out", 2, "w_o")]
+    assert got["per_chain"][0] == [("w_o", 2, "w_o"), ("w_out", 1, "w_out")]
+    # the attention chain runs first with the same target either way; the MLP chain's differs
+    assert torch.equal(got["shared"][1]["w_o.2"], got["per_chain"][1]["w_o.2"])
+    assert not torch.allclose(got["shared"][1]["w_out.1"], got["per_chain"][1]["w_out.1"])
+    with pytest.raises(EditError, match="target_site"):
+        edit(tiny_gemma, REC, "intattn", IntAttnHparams(target_site="nowhere", **base))
+    assert _same(tiny_gemma, before)
+
+
 def test_nan_update_leaves_weights_untouched(tiny_llama, monkeypatch):
     before = _weights(tiny_llama)
     real = memit_mod.solve_delta

@@ -11,6 +11,12 @@ Choices the paper leaves open, each a hyperparameter:
   lower layers first so that later keys already see the earlier edits.
 - one lambda per module (mom2_update_weight, attn_mom2_update_weight): lam weighs lam*C against K K^T and
   the two modules' keys have different scales (hook_post vs hook_z), so one lambda cannot fit both.
+- target_site="shared" (default): one target, at the top layer L of the chains that run, optimised as a
+  change of the module there (the one that owns L). "per_chain": each chain gets MEMIT's own target at its
+  own top layer, optimised as a change of its own top module, and drives that layer's residual by its share.
+  Without a post-norm the two differ only in where z sits; with one (Gemma-3) a target is emittable only
+  by the module it was optimised for, and the shared one asks the MLP chain to build, two layers below,
+  a change shaped by attention's post-norm (RESULTS.md, "IntAttn-Edit on Gemma-3").
 A chain whose share is 0 is skipped, and L is the top layer of the chains that run, so alpha = 0 is
 exactly MEMIT with the same MLP hyperparameters.
 """
@@ -47,6 +53,7 @@ class IntAttnHparams(MEMITHparams):
     attn_subject_tokens: str = "last"  # "all": attention key = mean over the subject span
     order: str = "attn_first"  # or "mlp_first"
     residual_split: str = "share"  # or "remainder"
+    target_site: str = "shared"  # or "per_chain"
 
     def resolved_alpha(self, model: LoadedModel) -> float:
         alpha = self.alpha
@@ -74,7 +81,8 @@ class IntAttnHparams(MEMITHparams):
             raise EditError(f"attn_mom2_update_weight must be >= 0, got {self.attn_mom2_update_weight}")
         for name, value, allowed in (("order", self.order, ("attn_first", "mlp_first")),
                                      ("residual_split", self.residual_split, ("share", "remainder")),
-                                     ("attn_subject_tokens", self.attn_subject_tokens, ("last", "all"))):
+                                     ("attn_subject_tokens", self.attn_subject_tokens, ("last", "all")),
+                                     ("target_site", self.target_site, ("shared", "per_chain"))):
             if value not in allowed:
                 raise EditError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -90,14 +98,19 @@ def run(model: LoadedModel, records, hp: IntAttnHparams, tx: WeightTransaction, 
     prefixes = edit_prefixes(model, hp, state)
     C = edit_statistics(model, [(k, l) for k in active for l in chains[k][0]], hp, state)
     top = next(k for k in reversed(order) if k in active and max(chains[k][0]) == z_layer)  # the chain that owns L
-    h0, delta = targets_at(model, records, z_layer, hp, prefixes, top)
+    # (layer, module) of each chain's target, optimised on the unedited weights before any chain runs
+    sites = {k: (max(chains[k][0]), k) if hp.target_site == "per_chain" else (z_layer, top) for k in active}
+    targets = {(L, k): targets_at(model, records, L, hp, prefixes, k) for L, k in sorted(set(sites.values()))}
     steps = []
     for i, kind in enumerate(active):
         layers, share, lam, subject_tokens = chains[kind]
-        start = h0 if i == 0 else resid_post(model, records, z_layer, [""])
+        L = sites[kind][0]
+        h0, delta = targets[sites[kind]]
+        start = h0 if i == 0 else resid_post(model, records, L, [""])
         last = i == len(active) - 1
         z = h0 + delta if (last and i > 0 and hp.residual_split == "remainder") else start + share * delta
-        steps += memit_chain(model, records, kind, layers, z, z_layer, lam_solver(C, kind, lam), tx, prefixes,
+        steps += memit_chain(model, records, kind, layers, z, L, lam_solver(C, kind, lam), tx, prefixes,
                              subject_tokens)
     return {"alpha": alpha, "z_layer": z_layer, "target_kind": top, "order": active, "steps": steps,
-            "target_norm": float(delta.norm(dim=-1).mean())}
+            "targets": [{"chain": k, "layer": sites[k][0], "kind": sites[k][1]} for k in active],
+            "target_norm": float(sum(targets[sites[k]][1].norm(dim=-1).mean() for k in active) / len(active))}
