@@ -46,8 +46,7 @@ def main() -> None:
     state = EditState()
     result = edit(model, records, args.method, hp, state=state)
     stats = result.stats
-    sites = [(t["layer"], t["kind"]) for t in stats["targets"]] if "targets" in stats else \
-        [(stats["z_layer"], stats["target_kind"])]
+    sites = [(t["layer"], t["kind"]) for t in stats["targets"]]  # one per chain (IntAttn-Edit: two)
     try:  # the edited model on target_new: the injected check with nothing added
         zeros = torch.zeros(len(records), model.spec.d_model, device=model.device)
         edited = float(injected_accuracy(model, records, sites[0][0], zeros).mean())

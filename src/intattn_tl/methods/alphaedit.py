@@ -66,6 +66,6 @@ def run(model: LoadedModel, records, hp: AlphaEditHparams, tx: WeightTransaction
     for layer in layers:  # the keys as the edited model computes them join the preserved set
         K = mlp_keys(model, records, layer, prefixes).double().cpu()
         preserved[layer] = preserved.get(layer, torch.zeros_like(P[layer])) + K.T @ K
-    return {"layers": layers, "z_layer": layers[-1], "target_kind": "w_out", "steps": steps,
+    return {"layers": layers, "steps": steps, "targets": [{"chain": "w_out", "layer": layers[-1], "kind": "w_out"}],
             "nullspace_dims": {l: int(torch.trace(P[l]).round()) for l in layers},
             "target_norm": float(delta.norm(dim=-1).mean())}

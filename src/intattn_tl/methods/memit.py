@@ -200,5 +200,5 @@ def run(model: LoadedModel, records, hp: MEMITHparams, tx: WeightTransaction, st
     h, delta = targets_at(model, records, layers[-1], hp, prefixes)
     steps = memit_chain(model, records, "w_out", layers, h + delta, layers[-1],
                         lam_solver(C, "w_out", hp.mom2_update_weight), tx, prefixes)
-    return {"layers": layers, "z_layer": layers[-1], "target_kind": "w_out", "steps": steps,
+    return {"layers": layers, "steps": steps, "targets": [{"chain": "w_out", "layer": layers[-1], "kind": "w_out"}],
             "target_norm": float(delta.norm(dim=-1).mean())}
