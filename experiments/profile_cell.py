@@ -143,11 +143,12 @@ def main() -> None:
             with prof.phase("cell: other"):
                 run_cell(model, method, records, run, ref)
             results[method] = prof.take()
-            print(f"{method}: {sum(w for w, _ in results[method].values()):.1f}s wall", flush=True)
+            # the table so far after every cell, so a stopped run keeps what it measured
+            print(f"\n{method}: {sum(w for w, _ in results[method].values()):.1f}s wall; wall / CPU seconds per phase, "
+                  f"one cell each, T = {args.T} (load average now {os.getloadavg()[0]:.1f})\n", flush=True)
+            print(table(results), flush=True)
     finally:
         prof.restore()
-    print(f"\nwall / CPU seconds per phase, one cell each, T = {args.T} (load average now {os.getloadavg()[0]:.1f})\n")
-    print(table(results))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,46 @@
+"""experiments/profile_cell.py: phase time is exclusive (a nested phase is charged once, to itself) and the
+library functions it wraps are restored afterwards."""
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_profile_cell():
+    spec = importlib.util.spec_from_file_location("profile_cell", ROOT / "experiments" / "profile_cell.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["profile_cell"] = mod  # its dataclass looks its module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_nested_phases_are_charged_exclusively():
+    prof = load_profile_cell().Profiler()
+    with prof.phase("outer"):
+        time.sleep(0.05)
+        with prof.phase("inner"):
+            time.sleep(0.10)
+        time.sleep(0.05)
+    out = prof.take()
+    assert 0.09 <= out["outer"][0] < 0.15  # 0.05 + 0.05, not the inner 0.10 as well
+    assert 0.09 <= out["inner"][0] < 0.15
+    assert prof.take() == {}  # take() resets
+
+
+def test_wrap_times_every_importer_and_restore_undoes_it():
+    import intattn_tl.evaluate as evaluate_mod
+    import intattn_tl.reproduce as reproduce_mod
+
+    original = evaluate_mod.evaluate
+    assert reproduce_mod.evaluate is original  # reproduce imports it by name: both must be patched
+    prof = load_profile_cell().Profiler()
+    prof.wrap("intattn_tl.evaluate", "evaluate", "eval")
+    try:
+        assert evaluate_mod.evaluate is not original and reproduce_mod.evaluate is evaluate_mod.evaluate
+        assert evaluate_mod.evaluate.__wrapped__ is original
+    finally:
+        prof.restore()
+    assert evaluate_mod.evaluate is original and reproduce_mod.evaluate is original
