@@ -3,7 +3,8 @@
 For the first N WikiData_counterfact records: optimise each record's target delta with a method's
 target settings (its YAML plus --set overrides), add it to the residual at the z layer (no weight
 touched) and count the target_new tokens the model then predicts (targets.injected_accuracy). Also
-prints the residual's RMS at the z layer, |delta| / |h| and the optimisation's loss.
+prints the residual's RMS at the z layer, |delta| / |h| and the optimisation's loss. By default the
+target is what ROME and MEMIT optimise (a change of W_out's output, through the post-norm on Gemma-3).
 
     python experiments/target_check.py --model gemma3-270m --method memit --n 20 --set v_lr_units=resid_rms --lrs 0.05 0.1 0.2
 """
@@ -22,6 +23,7 @@ def z_layer(model, method: str, hp) -> int:
 
 
 def main() -> None:
+    from intattn_tl.commands import add_dtype_argument
     from intattn_tl.commands.edit import parse_overrides  # the same --set syntax as `intattn edit`
     from intattn_tl.data import load_edits
     from intattn_tl.hparams import load_hparams
@@ -33,21 +35,25 @@ def main() -> None:
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--set", nargs="*", default=[], metavar="K=V")
     p.add_argument("--lrs", nargs="*", type=float, default=[], help="run once per v_lr value (one model load)")
-    p.add_argument("--kind", choices=("w_out", "w_o"), help="optimise the change of this module's output at the "
-                   "layer (through the family's post-norm, targets.target_deltas(kind=)) instead of the residual")
+    p.add_argument("--kind", choices=("w_out", "w_o", "residual"), default="w_out",
+                   help="what the target changes: this module's output at the layer (through the family's post-norm, "
+                        "targets.target_deltas(kind=); w_out is what ROME and MEMIT optimise) or the residual itself. "
+                        "The same thing on families without post-norms")
     p.add_argument("--threads", type=int, default=0)
+    add_dtype_argument(p)
     p.add_argument("--json", help="append the summary as one JSON line to this file")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=args.dtype)
     records = load_edits("wiki_counterfact", limit=args.n)
     for lr in args.lrs or [None]:
         overrides = parse_overrides(args.set, None)
         if lr is not None:
             overrides["v_lr"] = lr
-        out = check(model, args.method, load_hparams(args.method, model.name, overrides), records, args.kind)
+        kind = None if args.kind == "residual" else args.kind
+        out = check(model, args.method, load_hparams(args.method, model.name, overrides), records, kind)
         print(json.dumps(out), flush=True)
         if args.json:
             with open(args.json, "a") as f:
@@ -80,7 +86,7 @@ def check(model, method: str, hp, records, kind: str | None = None) -> dict:
             "resid_rms_mean": round(float(rms.mean()), 3),
             "delta_over_h": round(float((delta.norm(dim=-1) / h0.norm(dim=-1)).mean()), 3),
             "loss_mean": round(float(torch.cat(losses).mean()), 3), "seconds_per_fact": round(seconds / len(records), 2),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "dtype": str(next(iter(model.bridge.parameters())).dtype).removeprefix("torch.")}
 
 
 if __name__ == "__main__":
