@@ -86,7 +86,7 @@ def check(model, method: str, hp, records, kind: str | None = None) -> dict:
             "resid_rms_mean": round(float(rms.mean()), 3),
             "delta_over_h": round(float((delta.norm(dim=-1) / h0.norm(dim=-1)).mean()), 3),
             "loss_mean": round(float(torch.cat(losses).mean()), 3), "seconds_per_fact": round(seconds / len(records), 2),
-            "threads": torch.get_num_threads(), "dtype": str(next(iter(model.bridge.parameters())).dtype).removeprefix("torch.")}
+            "threads": torch.get_num_threads(), "dtype": str(model.spec.w_out[0].dtype).removeprefix("torch.")}
 
 
 if __name__ == "__main__":
