@@ -255,6 +255,36 @@ def test_dtype_choice(tiny_llama):
         load_model("tiny-llama", dtype=torch.int64)
 
 
+@pytest.mark.parametrize("flags, fast", [({"avx2", "fma"}, False), ({"avx2", "avx512_bf16"}, True),
+                                         ({"amx_bf16"}, True), (set(), False)])
+def test_bfloat16_on_a_cpu_without_bf16_units_warns(monkeypatch, flags, fast):
+    """Without avx512_bf16 / AMX torch emulates bfloat16 matmuls (many times slower than float32): say so."""
+    import warnings
+
+    from intattn_tl import models
+
+    monkeypatch.setattr(models, "_cpu_flags", lambda: flags)
+    assert models.bfloat16_is_fast("cpu") is fast
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        load_model("tiny-llama", dtype="bfloat16")
+        load_model("tiny-llama", dtype="float32")
+    slow = [w for w in seen if "without bf16 units" in str(w.message)]
+    assert len(slow) == (0 if fast else 1)
+
+
+def test_cpu_flags_parse_this_machine():
+    from pathlib import Path
+
+    from intattn_tl import models
+
+    flags = models._cpu_flags()
+    if Path("/proc/cpuinfo").exists() and "flags" in Path("/proc/cpuinfo").read_text():
+        assert flags and all(" " not in f for f in flags)
+    else:
+        assert flags == set()
+
+
 @pytest.mark.parametrize("command", ["eval", "edit", "trace", "models", "check"])
 def test_every_model_loading_command_takes_dtype(command):
     from intattn_tl.cli import build_parser

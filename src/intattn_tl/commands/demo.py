@@ -37,8 +37,9 @@ def add_arguments(p) -> None:
     p.add_argument("--fact", nargs=3, default=list(FACT), metavar=("PROMPT", "SUBJECT", "ANSWER"),
                    help="the fact to trace (default: the Eiffel Tower / Paris)")
     p.add_argument("--samples", type=integer(lo=1), default=10, help="noise samples when tracing the fact (default 10)")
-    p.add_argument("--trace-dtype", default="bfloat16", choices=("float32", "bfloat16"),
-                   help="dtype of the tracing copy of the model (bfloat16: ~2x faster on CPUs with bf16 units)")
+    p.add_argument("--trace-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="dtype of the tracing copy of the model; auto (default): bfloat16 where it is faster "
+                        "(a GPU, a CPU with avx512_bf16 / AMX), float32 elsewhere")
     p.add_argument("--fluency-len", type=integer(lo=1), default=100, help="tokens per fluency sample, prompt included (default 100)")
     p.add_argument("--greedy-len", type=integer(lo=1), default=16, help="new tokens of the before/after continuation (default 16)")
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
@@ -93,11 +94,13 @@ def trace_one_fact(args, out: Path, log: _Log) -> dict:
     import torch
     from tqdm.auto import tqdm
 
-    from ..models import load_model
+    from ..models import bfloat16_is_fast, load_model
     from ..plots import plot_fact
     from ..tracing import trace_fact
 
     prompt, subject, answer = args.fact
+    if args.trace_dtype == "auto":
+        args.trace_dtype = "bfloat16" if bfloat16_is_fast(args.device) else "float32"
     model = load_model(args.model, device=args.device, dtype=getattr(torch, args.trace_dtype))
     results = {}
     for kind in tqdm(KINDS, desc="tracing", unit="kind", disable=args.quiet):
