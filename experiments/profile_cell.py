@@ -122,7 +122,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()}), torch threads {torch.get_num_threads()}, "
-          f"T = {args.T}, fluency {'off' if args.no_fluency else 'on'}, targets {'cold' if args.cold_targets else 'warm'}")
+          f"T = {args.T}, fluency {'off' if args.no_fluency else 'on'}, targets {'cold (cache ignored)' if args.cold_targets else 'from the disk cache where present'}")
 
     prof = Profiler()
     if args.cold_targets:
