@@ -118,11 +118,13 @@ def main() -> None:
     p.add_argument("--methods", nargs="*", default=["pre-edit", *METHODS])
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--no-fluency", action="store_true")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="dtype the model is loaded and run in (bfloat16: fast only on CPUs with bf16 units)")
     p.add_argument("--cold-targets", action="store_true", help="optimise every target (ignore the disk cache)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()[0]:.1f} (cores: {os.cpu_count()}), torch threads {torch.get_num_threads()}, "
-          f"T = {args.T}, fluency {'off' if args.no_fluency else 'on'}, targets {'cold (cache ignored)' if args.cold_targets else 'from the disk cache where present'}")
+          f"{args.dtype}, T = {args.T}, fluency {'off' if args.no_fluency else 'on'}, targets {'cold (cache ignored)' if args.cold_targets else 'from the disk cache where present'}")
 
     prof = Profiler()
     if args.cold_targets:
@@ -133,9 +135,9 @@ def main() -> None:
     results: dict[str, dict[str, tuple[float, float]]] = {}
     try:
         with prof.phase("load"):
-            model = load_model(args.model)
+            model = load_model(args.model, dtype=args.dtype)
             records = load_edits("wiki_counterfact", limit=args.T)
-        run = TableRun(model=args.model, eval_cfg=EvalConfig(fluency=not args.no_fluency, progress=False))
+        run = TableRun(model=args.model, dtype=args.dtype, eval_cfg=EvalConfig(fluency=not args.no_fluency, progress=False))
         with prof.phase("locality reference"):
             ref = locality_reference(model, records, run.eval_cfg)
         results["setup"] = prof.take()
