@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from intattn_tl.store import write_json
+from intattn_tl.tracing import write_selection
 
 
 def main() -> None:
@@ -33,8 +33,7 @@ def main() -> None:
     for fid in ids[:k]:
         shutil.copy(args.src / f"{fid}.npz", dest / f"{fid}.npz")
     skipped = [s for s in sel["skipped"] if int(s[0]) < seen]
-    write_json(dest / "selection.json", {"ids": ids[:k], "seen": seen, "skipped": skipped, "n_facts": k},
-               {"n_facts": k, "known_only": True})
+    write_selection(dest, ids[:k], seen, skipped, k, known_only=True)
     print(f"first {k} facts ({seen} read, {len(skipped)} skipped) -> {dest}; now: intattn trace --collect --out {args.out}")
 
 

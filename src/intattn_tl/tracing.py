@@ -530,8 +530,7 @@ def trace_dataset(
     folder = _open_store(store, {**(settings or {}), **{k: v for k, v in kwargs.items() if k != "embed_std"}})
     chosen, seen, skipped = select_facts(model, facts, n_facts, known_only, folder, progress)
     if folder is not None:
-        write_json(folder / "selection.json", {"ids": [f.id for f in chosen], "seen": seen, "skipped": skipped,
-                                               "n_facts": n_facts}, {"n_facts": n_facts, "known_only": known_only})
+        write_selection(folder, [f.id for f in chosen], seen, skipped, n_facts, known_only)
     results = []
     for fact in tqdm(chosen[i::n], disable=not progress, desc="tracing" + (f" shard {i}/{n}" if n > 1 else ""),
                      unit="fact"):
@@ -575,6 +574,13 @@ def select_facts(model: LoadedModel, facts, n_facts: int | None, known_only: boo
         bar.update(1)
     bar.close()
     return chosen, seen, skipped
+
+
+def write_selection(folder: Path, ids: list[str], seen: int, skipped: list, n_facts: int | None,
+                    known_only: bool) -> None:
+    """The store's `selection.json`: the chosen fact ids in order, how many facts were read, why others were not."""
+    write_json(folder / "selection.json", {"ids": ids, "seen": seen, "skipped": skipped, "n_facts": n_facts},
+               {"n_facts": n_facts, "known_only": known_only})
 
 
 def read_store(store: str | Path) -> tuple[DatasetTrace, list[str], dict]:
