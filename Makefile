@@ -13,7 +13,11 @@ THREADS ?=
 # QUICK=1 shrinks every reproduction to a few-minute smoke test (T = 4, 8).
 QUICK   ?=
 OUT     ?= runs
-REPRO   := $(BIN)/intattn reproduce --model $(MODEL) --out $(OUT) $(if $(QUICK),--quick,)
+# DTYPE=bfloat16: half the memory, ~2x the speed on CPUs with avx512_bf16 (numbers differ slightly; recorded per cell)
+DTYPE   ?=
+# JOBS=2: two worker processes fill the table's cells side by side (one thread each on a 2-core CPU)
+JOBS    ?=
+REPRO   := $(BIN)/intattn reproduce --model $(MODEL) --out $(OUT) $(if $(QUICK),--quick,) $(if $(DTYPE),--dtype $(DTYPE),) $(if $(JOBS),--jobs $(JOBS),)
 
 help:
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -45,7 +49,7 @@ TRACE_FLAGS ?= --kinds attn_window,mlp_window --dtype bfloat16
 trace: setup  ## causal tracing over 100 known facts -> results/tracing/$(MODEL) (TRACE_FLAGS=--install-defaults: also the package default)
 	$(BIN)/intattn trace --model $(MODEL) --facts $(if $(QUICK),3,100) --out results/tracing/$(MODEL) $(TRACE_FLAGS)
 
-reproduce-table2: setup  ## Table 2: KnowEdit WikiData_counterfact, T=100/300/500, all methods (MODEL=, QUICK=1)
+reproduce-table2: setup  ## Table 2: KnowEdit WikiData_counterfact, T=100/300/500, all methods (MODEL=, QUICK=1, DTYPE=bfloat16, JOBS=2)
 	$(REPRO) table2
 
 reproduce-table1: setup  ## Table 1: the same on KnowEdit ZsRE

@@ -163,3 +163,29 @@ def test_reproduce_dtype_is_recorded_and_not_mixed(tmp_path, capsys):
     cells[-1].unlink()  # one cell left to compute: a float32 run may not add it to the bf16 cells
     assert main(args) == 2
     assert "dtype" in capsys.readouterr().err and not cells[-1].exists()
+
+
+def test_parallel_workers_write_the_same_cells_as_one_process(tmp_path):
+    # --jobs 2: the cells come from two worker processes taking work items from one queue; each item starts
+    # from the unedited weights with the parent's locality reference, so the numbers (per-record rows and
+    # fluency texts included) are those of the one-process run
+    from intattn_tl.reproduce import ReproduceError, read_rows
+
+    def table(out, jobs):
+        run = TableRun(table="table2", model="tiny-llama", sizes=(2, 3), methods=("rome", "memit", "intattn"),
+                       out=out, eval_cfg=EvalConfig(fluency_max_len=20, progress=False), jobs=jobs)
+        return run, run_table(run) / "cells"
+
+    one, one_dir = table(tmp_path / "one", 1)
+    two, two_dir = table(tmp_path / "two", 2)
+    strip = lambda c: {k: v for k, v in c.items() if not k.endswith("seconds") and k != "_integrity"}  # noqa: E731
+    a, b = load_cells(one), load_cells(two)
+    assert set(a) == set(b) == {(m, T) for m in ("pre-edit", "rome", "memit", "intattn") for T in (2, 3)}
+    for key in a:
+        assert json.dumps(strip(a[key]), sort_keys=True) == json.dumps(strip(b[key]), sort_keys=True), key
+        name = f"{key[0]}-T{key[1]}.csv"
+        assert json.dumps(read_rows(one_dir / name)) == json.dumps(read_rows(two_dir / name)), key
+    assert b[("rome", 3)]["sequence"] == [2, 3]  # the sequential method is still one work item
+    assert (two_dir.parent / "table.md").exists()
+    with pytest.raises(ReproduceError, match="jobs"):
+        run_table(TableRun(table="table2", model="tiny-llama", sizes=(2,), out=tmp_path / "bad", jobs=0))

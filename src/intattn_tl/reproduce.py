@@ -63,6 +63,7 @@ class TableRun:
     eval_cfg: EvalConfig = field(default_factory=EvalConfig)
     hparam_overrides: dict = field(default_factory=dict)  # method -> {field: value}
     wandb: bool = False
+    jobs: int = 1  # worker processes filling the table side by side (run_parallel); the CPU threads are split
 
     @property
     def dataset(self) -> str:
@@ -218,6 +219,7 @@ def _check_run(run: TableRun) -> None:
             raise CheckError("sizes must name at least one batch size T")
         for T in run.sizes:
             check_int("each size T", T, lo=1)
+        check_int("jobs", run.jobs, lo=1)
         writable_dir(run.dir / "cells")
     except CheckError as err:
         raise ReproduceError(str(err)) from None
@@ -255,22 +257,34 @@ def run_table(run: TableRun, cells: list[tuple[str, int]] | None = None) -> Path
         records = load_edits(run.dataset, limit=max(run.sizes))
         ref = locality_reference(model, records, run.eval_cfg)  # pre-edit predictions, computed once
         plan = _plan(todo, run.sizes, done)
-        bar = tqdm(total=sum(len(sizes) for _, sizes in plan), desc=f"{run.table} cells", unit="cell")
+        if run.jobs > 1 and len(plan) > 1:
+            from .parallel import run_parallel
 
-        def finish(method: str, T: int, summary: dict, rows: list[dict]) -> None:
-            if not cell_path(run, method, T).exists():  # another agent may have written it meanwhile
-                _write_cell(run, method, T, summary, rows, str(model.device), settings[method])
-            bar.update()
-
-        for method, sizes in plan:
-            bar.set_postfix_str(f"{method} T={','.join(map(str, sizes))}")
-            if _sequential(method):
-                run_sequence(model, method, records, sizes, run, ref, lambda T, s, r, m=method: finish(m, T, s, r))
-            else:
-                finish(method, sizes[0], *run_cell(model, method, records[:sizes[0]], run, ref))
-        bar.close()
+            del model  # each worker loads its own copy
+            run_parallel(run, plan, records, ref, settings)
+        else:
+            bar = tqdm(total=sum(len(sizes) for _, sizes in plan), desc=f"{run.table} cells", unit="cell")
+            for method, sizes in plan:
+                bar.set_postfix_str(f"{method} T={','.join(map(str, sizes))}")
+                run_item(model, run, method, sizes, records, ref, settings, on_cell=lambda *_: bar.update())
+            bar.close()
     write_table(run)
     return out
+
+
+def run_item(model: LoadedModel, run: TableRun, method: str, sizes: list[int], records, ref, settings: dict,
+             on_cell: Callable[[str, int], None] = lambda m, T: None) -> None:
+    """One work item of `_plan`: a batch cell, or a one-edit-at-a-time method's sequence with its checkpoints.
+    Each finished cell is written at once (unless another process wrote it meanwhile)."""
+    def finish(T: int, summary: dict, rows: list[dict]) -> None:
+        if not cell_path(run, method, T).exists():
+            _write_cell(run, method, T, summary, rows, str(model.device), settings[method])
+        on_cell(method, T)
+
+    if _sequential(method):
+        run_sequence(model, method, records, sizes, run, ref, finish)
+    else:
+        finish(sizes[0], *run_cell(model, method, records[:sizes[0]], run, ref))
 
 
 def _sequential(method: str) -> bool:

@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-fluency", action="store_true", help="skip the generation-based Fluency metric")
     p.add_argument("--wandb", action="store_true", help="log every cell / point to W&B (offline unless configured); "
                    "collect: log the assembled tables as W&B artifacts")
+    p.add_argument("--jobs", type=integer(lo=1), default=1,
+                   help="tables: worker processes filling the missing cells side by side, the CPU threads split "
+                        "among them (2 on a 2-core CPU: one-edit-at-a-time methods gain little from a second thread)")
     p.add_argument("--device", default="cpu", type=device)
     add_placement_arguments(p)
     add_dtype_argument(p)
@@ -64,7 +67,7 @@ def run(args) -> int:
     out = args.out / "quick" if args.quick and args.out == Path("runs") else args.out
     run_ = TableRun(table=args.what, model=args.model, sizes=sizes, methods=methods, out=out,
                     device=args.device, dtype=args.dtype, device_map=where.get("device_map"), max_memory=where.get("max_memory"),
-                    eval_cfg=eval_cfg, wandb=args.wandb)
+                    eval_cfg=eval_cfg, wandb=args.wandb, jobs=args.jobs)
     folder = run_table(run_)
     print((folder / "table.md").read_text())
     print(f"per-record scores: {folder / 'cells'}")
