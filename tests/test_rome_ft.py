@@ -148,3 +148,34 @@ def test_real_rome_edit_succeeds_and_rolls_back(smollm, wiki_records, method):
         result.rollback()
     after = _params(smollm)
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_bfloat16_edits_round_once_not_once_per_edit():
+    # Each update is 0.1 % of the weight, under half a bfloat16 ulp: added to the bf16 weight one by one,
+    # every one of them would be rounded away. The transaction keeps the float32 sum (shared across the
+    # transactions of one EditState) and writes it rounded once, so 100 of them move the weight by ≈ 10 %.
+    from intattn_tl.models import load_model
+
+    model = load_model("tiny-llama", dtype=torch.bfloat16)
+    w = model.spec.w_out[1]
+    original = w.detach().clone()
+    step = 1e-3 * original.float()
+    assert torch.equal((original.float() + step).to(torch.bfloat16), original)  # one step alone: lost
+    exact, expected = {}, original.float()
+    first, second = WeightTransaction(model, exact=exact), WeightTransaction(model, exact=exact)
+    for tx in (first, second):
+        for _ in range(50):
+            tx.update("w_out", 1, step)
+            expected = expected + step
+    assert torch.equal(w, expected.to(torch.bfloat16))
+    moved = (w.float() / original.float())[original.abs() > 1e-3]
+    assert moved.min() > 1.08 and moved.max() < 1.12
+    assert second.deltas[("w_out", 1)].dtype == torch.float32
+    second.rollback()
+    first.rollback()
+    assert torch.equal(w, original)
+    # a weight changed outside the transactions: its float32 copy is stale and is not used
+    tx = WeightTransaction(model, exact=exact)
+    tx.update("w_out", 1, torch.zeros_like(step))
+    assert torch.equal(w, original)
+    tx.rollback()
