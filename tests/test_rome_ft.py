@@ -179,3 +179,18 @@ def test_bfloat16_edits_round_once_not_once_per_edit():
     tx.update("w_out", 1, torch.zeros_like(step))
     assert torch.equal(w, original)
     tx.rollback()
+
+
+def test_ft_on_bfloat16_optimises_a_float32_change():
+    # FT's dW lives in float32 (Adam's small steps on bfloat16 values would round away); the edit is then
+    # written into the bfloat16 weight rounded once, and rolls back exactly
+    from intattn_tl.models import load_model
+
+    model = load_model("tiny-llama", dtype=torch.bfloat16)
+    before = model.spec.w_out[2].detach().clone()
+    result = edit(model, [FACT], "ft", FTHparams(layers=[2], lr=1e-2, num_steps=5, norm_constraint=5e-3))
+    dW = result.tx.deltas[("w_out", 2)]
+    assert dW.dtype == torch.float32 and dW.abs().max() > 0
+    assert torch.equal(model.spec.w_out[2], (before.float() + dW).to(torch.bfloat16))
+    result.rollback()
+    assert torch.equal(model.spec.w_out[2], before)

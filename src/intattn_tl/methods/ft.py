@@ -80,11 +80,14 @@ def run(model: LoadedModel, records, hp: FTHparams, tx: WeightTransaction, state
     k, h = _below(model, ids, layer)
     where = labels != -100
     targets = labels[where]
-    dW = torch.zeros_like(model.spec.w_out[layer], requires_grad=True)
+    # The change is optimised in float32 whatever the model's dtype: Adam's steps (≈ lr) on a bfloat16 dW,
+    # and a bfloat16 dW added to W, would round most of them away. The forward pass sees it in W's dtype.
+    w = model.spec.w_out[layer]
+    dW = torch.zeros(w.shape, dtype=torch.float32, device=w.device, requires_grad=True)
     opt = torch.optim.Adam([dW], lr=hp.lr)
     losses = []
     for _ in range(hp.num_steps):
-        logits = logits_from(model, h + mlp_change(model, layer, k, dW), layer, where)
+        logits = logits_from(model, h + mlp_change(model, layer, k, dW.to(w.dtype)), layer, where)
         loss = torch.nn.functional.cross_entropy(logits.float(), targets)
         losses.append(float(loss.detach()))
         if loss.item() < hp.early_stop_loss:
