@@ -88,8 +88,9 @@ class WeightTransaction:
         key = (kind, layer)
         if key not in self.originals:
             self.originals[key] = w.detach().clone()
+        lowp = low_precision(w)
         with torch.no_grad():
-            if low_precision(w):
+            if lowp:
                 delta = delta.float().to(w.device)
                 value, written = self.exact.get(key, (None, None))
                 if value is None or written != fingerprint(w):
@@ -101,7 +102,7 @@ class WeightTransaction:
                 w.add_(delta)
         self.deltas[key] = self.deltas.get(key, torch.zeros_like(delta)) + delta
         self.after[key] = fingerprint(w)
-        if low_precision(w):
+        if lowp:
             self.exact[key] = (value, self.after[key])
 
     def restore(self) -> None:
