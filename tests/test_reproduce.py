@@ -116,12 +116,17 @@ def test_one_sequence_equals_separate_cells_and_rolls_back(tiny_llama, tmp_path)
         assert all(torch.equal(v, before[k]) for k, v in tiny_llama.hf_model.state_dict().items())  # rolled back
         assert sorted(got) == [1, 3] and all(s["sequence"] == [1, 3] for s, _ in got.values())
         assert got[3][0]["edit_seconds"] >= got[1][0]["edit_seconds"] > 0
+        # every edit's own stats, in order, the first T of them in the T cell
+        assert [e["id"] for e in got[3][0]["per_edit"]] == [r.id for r in records]
+        assert got[1][0]["per_edit"] == got[3][0]["per_edit"][:1]
+        if method == "rome":
+            assert all(0 < e["delta_norm"] < e["weight_norm"] for e in got[3][0]["per_edit"])
         for T in (1, 3):
             summary, rows = run_cell(tiny_llama, method, records[:T], run, ref)
             # the same rows, texts and NaNs included, hence the same summary
             assert json.dumps(rows, sort_keys=True) == json.dumps(got[T][1], sort_keys=True), (method, T)
             assert len(rows) == T and rows[0]["text"]
-            metrics = lambda s: {k: v for k, v in s.items() if not k.endswith("seconds") and k != "sequence"}  # noqa: E731
+            metrics = lambda s: {k: v for k, v in s.items() if not k.endswith("seconds") and k not in ("sequence", "per_edit")}  # noqa: E731
             assert json.dumps(metrics(summary), sort_keys=True) == json.dumps(metrics(got[T][0]), sort_keys=True)
 
 
@@ -165,11 +170,26 @@ def test_reproduce_dtype_is_recorded_and_not_mixed(tmp_path, capsys):
     assert "dtype" in capsys.readouterr().err and not cells[-1].exists()
 
 
-def test_parallel_workers_write_the_same_cells_as_one_process(tmp_path):
+def test_code_version_is_read_once_per_process(monkeypatch):
+    # a commit made while a long run writes cells must not be recorded as theirs: the version is read once
+    from intattn_tl import settings
+
+    reads = []
+    monkeypatch.setattr(settings, "_CODE", None)
+    monkeypatch.setattr(settings, "_read_code_version", lambda: reads.append(1) or {"package": "p", "git": "abc"})
+    first = settings.code_version()
+    first["git"] = "changed by the caller"
+    assert settings.code_version() == {"package": "p", "git": "abc"} and len(reads) == 1
+
+
+def test_parallel_workers_write_the_same_cells_as_one_process(tmp_path, monkeypatch):
     # --jobs 2: the cells come from two worker processes taking work items from one queue; each item starts
     # from the unedited weights with the parent's locality reference, so the numbers (per-record rows and
-    # fluency texts included) are those of the one-process run
+    # fluency texts included) are those of the one-process run, and the parent's code version
+    from intattn_tl import settings
     from intattn_tl.reproduce import ReproduceError, read_rows
+
+    monkeypatch.setattr(settings, "_CODE", {"package": "p", "git": "the parent's"})
 
     def table(out, jobs):
         run = TableRun(table="table2", model="tiny-llama", sizes=(2, 3), methods=("rome", "memit", "intattn"),
@@ -186,6 +206,7 @@ def test_parallel_workers_write_the_same_cells_as_one_process(tmp_path):
         name = f"{key[0]}-T{key[1]}.csv"
         assert json.dumps(read_rows(one_dir / name)) == json.dumps(read_rows(two_dir / name)), key
     assert b[("rome", 3)]["sequence"] == [2, 3]  # the sequential method is still one work item
+    assert {c["settings"]["code"]["git"] for c in b.values()} == {"the parent's"}
     assert (two_dir.parent / "table.md").exists()
     with pytest.raises(ReproduceError, match="jobs"):
         run_table(TableRun(table="table2", model="tiny-llama", sizes=(2,), out=tmp_path / "bad", jobs=0))

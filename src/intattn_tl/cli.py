@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # argparse: --help (0) or a bad value (one `error:` line, 2)
         return int(done.code or 0)
     try:
+        from .settings import code_version
+
+        code_version()  # read once, before any work: results record the code this process runs
         return int(args._run(args) or 0)
     except Exception as err:
         if getattr(args, "debug", False):

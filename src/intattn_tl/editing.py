@@ -301,8 +301,11 @@ def edit(model: LoadedModel, records: list[EditRecord], method: str = "intattn",
         else:
             from tqdm.auto import tqdm
 
+            per_edit = []
             for r in tqdm(records, desc=f"{method} edits", unit="edit", leave=False, disable=not progress):
-                stats = m.run(model, [r], hparams, tx, state) or stats
+                per_edit.append({"id": r.id, **(m.run(model, [r], hparams, tx, state) or {})})
+            # the last edit's stats at the top (as before), every edit's in order under "per_edit"
+            stats = {**{k: v for k, v in per_edit[-1].items() if k != "id"}, "per_edit": per_edit}
     except BaseException as err:
         tx.restore()
         if isinstance(err, EditError):

@@ -30,12 +30,14 @@ def cost(item: tuple[str, list[int]]) -> float:
     return COST_PER_RECORD.get(method, 3.5) * max(sizes)
 
 
-def _worker(run, items, results, records, ref, settings, threads: int) -> None:
+def _worker(run, items, results, records, ref, settings, threads: int, code: dict) -> None:
     import torch
 
+    from . import settings as settings_module
     from .models import load_model
     from .reproduce import run_item
 
+    settings_module._CODE = code  # the parent's code version, read when the run started
     torch.set_num_threads(threads)
     try:
         model = load_model(run.model, device=run.device, dtype=run.dtype, device_map=run.device_map,
@@ -57,6 +59,7 @@ def run_parallel(run, plan: list[tuple[str, list[int]]], records, ref, settings:
     from tqdm.auto import tqdm
 
     from .reproduce import ReproduceError
+    from .settings import code_version
 
     jobs = min(run.jobs, len(plan))
     threads = max(1, torch.get_num_threads() // jobs)
@@ -67,7 +70,8 @@ def run_parallel(run, plan: list[tuple[str, list[int]]], records, ref, settings:
     for _ in range(jobs):
         items.put(None)
     quiet = replace(run, eval_cfg=replace(run.eval_cfg, progress=False))  # one progress bar: the parent's
-    procs = [ctx.Process(target=_worker, args=(quiet, items, results, records, ref, settings, threads))
+    code = code_version()
+    procs = [ctx.Process(target=_worker, args=(quiet, items, results, records, ref, settings, threads, code))
              for _ in range(jobs)]
     for p in procs:
         p.start()

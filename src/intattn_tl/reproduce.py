@@ -173,8 +173,9 @@ def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int
             results.append(edit(model, records[done:T], method=method, hparams=hp, state=state,
                                 progress=run.eval_cfg.progress))
             t_edit, done = t_edit + time.time() - t0, T
+            per_edit = [s for r in results for s in r.stats.get("per_edit", [])]
             summary, rows = _evaluate_cell(model, records[:T], run, ref)
-            on_cell(T, {**summary, "edit_seconds": t_edit, "sequence": checkpoints}, rows)
+            on_cell(T, {**summary, "edit_seconds": t_edit, "sequence": checkpoints, "per_edit": per_edit}, rows)
     finally:
         for result in reversed(results):  # each restores the weights it found: back to the originals
             result.rollback()
@@ -237,7 +238,9 @@ def run_table(run: TableRun, cells: list[tuple[str, int]] | None = None) -> Path
     Returns the output folder. Another process may fill the same folder at the same time (a sweep agent):
     a cell that appears meanwhile is not written again, so the worst case is work done twice."""
     from .editing import check_hparams
+    from .settings import code_version
 
+    code_version()  # the commit of the code this process runs, before any work (cells record it)
     _check_run(run)
     out = run.dir
     done = load_cells(run)  # every finished cell verified first: a damaged one stops the run here

@@ -14,8 +14,20 @@ import subprocess
 from .paths import project_root
 
 
+_CODE: dict | None = None
+
+
 def code_version() -> dict:
-    """The package version and, in a git checkout, the commit (and whether the tree had changes)."""
+    """The package version and, in a git checkout, the commit (and whether the tree had changes), read once
+    per process: the code that runs is the code imported at the start, so a commit made while a long run
+    writes its results must not be recorded as theirs (entry points call this before any work)."""
+    global _CODE
+    if _CODE is None:
+        _CODE = _read_code_version()
+    return dict(_CODE)
+
+
+def _read_code_version() -> dict:
     from . import __version__
 
     out = {"package": __version__, "git": None}

@@ -297,7 +297,7 @@ def run(args) -> int:
         restored = weights_fingerprint(model) == fingerprint
         edited = sorted(f"{k}[{l}]" for k, l in result.tx.originals)
         edits[name] = {"edit_seconds": round(t_edit, 1), "edited": edited, "restored_bit_exact": restored,
-                       "stats": {k: v for k, v in result.stats.items() if k != "steps"}}
+                       "stats": {k: v for k, v in result.stats.items() if k not in ("steps", "per_edit")}}
         log(f"edited {', '.join(edited)} in {t_edit:.1f}s; {name} total {log.took(name, t0)}")
         log(f"rolled back: sha256 of all weights {weights_fingerprint(model)} "
             + ("= pre-edit: restored bit-exact (verified)" if restored else "!= pre-edit: ROLLBACK FAILED"))

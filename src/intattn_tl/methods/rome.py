@@ -80,8 +80,10 @@ def rome_update(model: LoadedModel, record, hp: ROMEHparams, state: EditState,
     k_bare = mlp_keys(model, [record], layer, [""])[0]
     k = k_bare if consistent else mlp_keys(model, [record], layer, prefixes)[0]
     v = value_target(model, layer, k_bare, delta)
-    D = rank_one(model.spec.w_out[layer], k, v, C)
-    return layer, D, {"layer": layer, "target_norm": float(delta.norm()), "delta_norm": float(D.norm())}
+    W = model.spec.w_out[layer]
+    D = rank_one(W, k, v, C)
+    return layer, D, {"layer": layer, "target_norm": float(delta.norm()), "delta_norm": float(D.norm()),
+                      "weight_norm": float(W.float().norm())}
 
 
 @register("rome", ROMEHparams, batch=False)
