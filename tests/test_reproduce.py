@@ -210,3 +210,24 @@ def test_parallel_workers_write_the_same_cells_as_one_process(tmp_path, monkeypa
     assert (two_dir.parent / "table.md").exists()
     with pytest.raises(ReproduceError, match="jobs"):
         run_table(TableRun(table="table2", model="tiny-llama", sizes=(2,), out=tmp_path / "bad", jobs=0))
+
+
+def test_reproduce_set_overrides_one_method_and_is_recorded(tmp_path, capsys):
+    # --set memit.v_lr=0.3: that method's cells run and record it; a folder made with other values refuses to
+    # resume; a malformed item, an unknown method or field, or a method the run leaves out is refused before work
+    from intattn_tl.cli import main
+
+    args = ["reproduce", "table1", "--model", "tiny-llama", "--quick", "--no-fluency", "--methods", "memit",
+            "--out", str(tmp_path)]
+    assert main(args + ["--set", "memit.v_lr=0.3", "--set", "memit.v_num_grad_steps=3"]) == 0
+    cells = sorted((tmp_path / "table1-tiny-llama" / "cells").glob("memit-T*.json"))
+    hp = [json.loads(c.read_text())["settings"]["hparams"] for c in cells]
+    assert cells and all(h["v_lr"] == 0.3 and h["v_num_grad_steps"] == 3 for h in hp)
+    capsys.readouterr()
+    assert main(args) == 2  # the YAML's values differ from the cells'
+    assert "v_num_grad_steps: 3 -> 25" in capsys.readouterr().err
+    for bad, said in ((["--set", "v_lr=0.15"], "METHOD.KEY"), (["--set", "memitt.v_lr=1"], "METHOD.KEY"),
+                      (["--set", "rome.v_lr=1"], "does not include"), (["--set", "memit.no_such_field=1"], "no_such_field")):
+        assert main(args + bad) == 2, bad
+        assert said in capsys.readouterr().err, bad
+    assert len(list((tmp_path / "table1-tiny-llama" / "cells").glob("memit-T*.json"))) == len(cells)

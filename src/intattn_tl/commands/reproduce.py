@@ -34,6 +34,10 @@ def add_arguments(p) -> None:
     p.add_argument("--jobs", type=integer(lo=1), default=1,
                    help="tables: worker processes filling the missing cells side by side, the CPU threads split "
                         "among them (2 on a 2-core CPU: one-edit-at-a-time methods gain little from a second thread)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="tables: override one hyperparameter of one method (YAML value), e.g. --set "
+                        "memit.v_lr=0.15; repeatable; recorded in the cells, so a folder made with other values "
+                        "refuses to resume")
     p.add_argument("--device", default="cpu", type=device)
     add_placement_arguments(p)
     add_dtype_argument(p)
@@ -45,6 +49,11 @@ def run(args) -> int:
     from . import placement
 
     where = placement(args)  # checked before any work
+    overrides = method_overrides(args.overrides)
+    if overrides and args.what not in ("table1", "table2"):
+        from ..hparams import HparamsError
+
+        raise HparamsError(f"--set METHOD.KEY=VALUE applies to table1 / table2, not to {args.what}")
 
     if args.what == "collect":
         return collect(args)
@@ -64,14 +73,36 @@ def run(args) -> int:
         return 0
     sizes = args.sizes or (QUICK_SIZES if args.quick else (100, 300, 500))
     methods = args.methods or METHODS
+    if set(overrides) - set(methods):
+        from ..hparams import HparamsError
+
+        raise HparamsError(f"--set for {', '.join(sorted(set(overrides) - set(methods)))}, which this run does not "
+                           f"include (--methods {','.join(methods)})")
     out = args.out / "quick" if args.quick and args.out == Path("runs") else args.out
     run_ = TableRun(table=args.what, model=args.model, sizes=sizes, methods=methods, out=out,
                     device=args.device, dtype=args.dtype, device_map=where.get("device_map"), max_memory=where.get("max_memory"),
-                    eval_cfg=eval_cfg, wandb=args.wandb, jobs=args.jobs)
+                    eval_cfg=eval_cfg, hparam_overrides=overrides, wandb=args.wandb, jobs=args.jobs)
     folder = run_table(run_)
     print((folder / "table.md").read_text())
     print(f"per-record scores: {folder / 'cells'}")
     return 0
+
+
+def method_overrides(items: list[str]) -> dict[str, dict]:
+    """['memit.v_lr=0.15', ...] -> {'memit': {'v_lr': 0.15}}; an unknown method is refused here, an unknown
+    field when the table checks every method's hyperparameters (before any work)."""
+    from ..hparams import HparamsError
+    from ..reproduce import METHODS
+    from .edit import parse_overrides
+
+    out: dict[str, dict] = {}
+    for item in items:
+        method, dot, rest = item.partition(".")
+        if not dot or method not in METHODS:
+            raise HparamsError(f"--set expects METHOD.KEY=VALUE with METHOD one of {', '.join(METHODS)}, "
+                               f"got {item!r}")
+        out.setdefault(method, {}).update(parse_overrides([rest], None))
+    return out
 
 
 def collect(args) -> int:
