@@ -194,3 +194,27 @@ def test_ft_on_bfloat16_optimises_a_float32_change():
     assert torch.equal(model.spec.w_out[2], (before.float() + dW).to(torch.bfloat16))
     result.rollback()
     assert torch.equal(model.spec.w_out[2], before)
+
+
+def test_rome_sequence_can_size_targets_by_the_unedited_weight(tiny_gemma):
+    # v_scale_reference="unedited": the EditState keeps W_out as the sequence found it, and every later target's
+    # step and clamp are sized by it; the first edit is the same either way; a bad value is refused up front
+    other = EditRecord(id="o", prompt="The river of Quomia is", subject="Quomia", target_new="Vel", ground_truth=("x",))
+    before = _params(tiny_gemma)
+    runs = {}
+    for ref in ("current", "unedited"):
+        hp = ROMEHparams(**TINY, v_scale_reference=ref)
+        state = EditState(data={"prefixes": PREFIXES})
+        first = edit(tiny_gemma, [FACT], method="rome", hparams=hp, state=state)
+        second = edit(tiny_gemma, [other], method="rome", hparams=hp, state=state)
+        runs[ref] = (first.deltas["w_out.1"].clone(), second.stats["target_norm"], state.data.get("unedited_weights"))
+        second.rollback()
+        first.rollback()
+    assert all(torch.equal(p, before[n]) for n, p in _params(tiny_gemma).items())
+    assert torch.equal(runs["current"][0], runs["unedited"][0])  # nothing edited yet: the same first edit
+    assert runs["current"][2] is None
+    kept = runs["unedited"][2][("w_out", 1)]
+    assert torch.equal(kept, tiny_gemma.spec.w_out[1].float())  # the weight before the first edit
+    assert runs["current"][1] != runs["unedited"][1]  # the second target is sized differently
+    with pytest.raises(EditError, match="v_scale_reference"):
+        edit(tiny_gemma, [FACT], method="rome", hparams=ROMEHparams(**TINY, v_scale_reference="latest"))

@@ -210,7 +210,7 @@ def test_output_space_targets_go_through_the_post_norm(tiny_gemma, cache):
     assert not torch.equal(dv, resid) and len(list((cache / "targets-v2").rglob("*.pt"))) == 2
     d = residual_deltas(tiny_gemma, [record], 1, "w_out", dv)
     b = _batch(tiny_gemma, [record], [""])
-    v = module_outputs(tiny_gemma, b.ids[b.first], b.subject[b.first], "w_out", 1)
+    (v,) = module_outputs(tiny_gemma, b.ids[b.first], b.subject[b.first], "w_out", 1)
     with torch.no_grad():
         y = tiny_gemma.spec.family.post_norm("w_out", 1)(v)
         torch.testing.assert_close(d, tiny_gemma.spec.family.post_norm("w_out", 1)(v + dv) - y)
@@ -226,3 +226,36 @@ def test_output_space_targets_are_residual_targets_without_a_post_norm(tiny_llam
     assert torch.equal(target_deltas(tiny_llama, [FACT], 1, hp, prefixes=[""], kind="w_out"), plain)
     assert len(list((cache / "targets-v2").rglob("*.pt"))) == 1
     assert torch.equal(residual_deltas(tiny_llama, [FACT], 1, "w_out", plain), plain)
+
+
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gemma"])
+def test_step_and_clamp_can_be_sized_by_the_unedited_weight(family, cache, request):
+    """reference=W0: the clamp (and relative step) follow W0's output, not the current W's; with W0 equal
+    to the current weight nothing changes. Post-norm (Gemma-3: the module output) and plain residual alike."""
+    model = request.getfixturevalue(family)
+    record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))
+    hp = TargetHparams(v_lr=0.5, v_num_grad_steps=20, clamp_norm_factor=0.25, early_stop_loss=1e-9)
+    W = model.spec.family.weight("w_out", 1)
+    W0 = W.detach().float().clone()
+    plain = target_deltas(model, [record], 1, hp, prefixes=[""], kind="w_out")
+    same = target_deltas(model, [record], 1, hp, prefixes=[""], kind="w_out", reference=W0)
+    assert torch.equal(plain, same)  # a reference equal to the current weight: the same target (a new cache entry)
+    with pytest.raises(TargetError, match="kind"):
+        target_deltas(model, [record], 1, hp, prefixes=[""], reference=W0)
+    b = _batch(model, [record], [""])
+    _, v0 = module_outputs(model, b.ids[b.first], b.subject[b.first], "w_out", 1, (W0,))
+    # the clamp's size: the module output (post-norm families) or the residual after the block
+    size0 = v0 if model.spec.family.output_emitter("w_out", 1) is not None else residual_at(model, b.ids, 1)[b.first, b.subject[b.first]]
+    try:
+        with torch.no_grad():
+            W.mul_(4)  # as if earlier edits had grown the weight
+        grown = target_deltas(model, [record], 1, hp, prefixes=[""], kind="w_out")
+        kept = target_deltas(model, [record], 1, hp, prefixes=[""], kind="w_out", reference=W0)
+        size_now = (residual_at(model, b.ids, 1)[b.first, b.subject[b.first]]
+                    if model.spec.family.output_emitter("w_out", 1) is None else 4 * v0)
+    finally:
+        with torch.no_grad():
+            W.copy_(W0.to(W.dtype))
+    assert float(kept.norm()) <= 0.25 * float(size0.norm()) * (1 + 1e-4)  # clamped by the unedited size
+    assert float(grown.norm()) <= 0.25 * float(size_now.norm()) * (1 + 1e-4)
+    assert float(grown.norm()) > 1.5 * float(kept.norm())  # the grown weight's clamp is larger

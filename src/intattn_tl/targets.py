@@ -324,8 +324,9 @@ def _losses(model: LoadedModel, sf: Suffixes, labels: Tensor, kl_pos: Tensor, re
 
 
 def module_outputs(model: LoadedModel, ids: Int[Tensor, "b t"], at: Int[Tensor, "b"], kind: str,
-                   layer: int) -> Float[Tensor, "b d_model"]:
-    """W k of weight `kind` at `layer` at position at[i] of row i (before any post-norm)."""
+                   layer: int, weights: tuple[Tensor, ...] = ()) -> tuple[Float[Tensor, "b d_model"], ...]:
+    """W k of weight `kind` at `layer` at position at[i] of row i (before any post-norm), for the model's W
+    and then for each of `weights` in its place (the same keys k)."""
     from .keys import key_site
 
     site, got = key_site(kind, layer), {}
@@ -334,17 +335,32 @@ def module_outputs(model: LoadedModel, ids: Int[Tensor, "b t"], at: Int[Tensor, 
                                     stop_at_layer=min(layer + 1, model.spec.n_layers))
     k = got["k"][torch.arange(len(at), device=ids.device), at]
     W = model.spec.family.weight(kind, layer)
-    return k.flatten(1).to(W.dtype) @ W.T
+    return tuple(k.flatten(1).to(w.dtype) @ w.to(k.device).T for w in (W, *weights))
+
+
+def _unedited(model: LoadedModel, b, kind: str, weight: Tensor, layer: int,
+              ref: Float[Tensor, "n d"]) -> Float[Tensor, "n d"]:
+    """`ref` (the bare prompts' module output, or residual, under the current weights) as it would be with
+    `weight` in place of the current W: ref - (W - weight) k."""
+    W = model.spec.family.weight(kind, layer)
+    _, now, was = module_outputs(model, b.ids[b.first], b.subject[b.first], kind, layer, (W.float(), weight.float()))
+    return ref - (now - was).to(ref.dtype)  # both in float32: nothing but the edits in the difference
 
 
 def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
-                    prefixes: list[str], kind: str | None = None) -> tuple[Float[Tensor, "n d_model"], dict]:
+                    prefixes: list[str], kind: str | None = None,
+                    reference: tuple[str, Tensor] | None = None) -> tuple[Float[Tensor, "n d_model"], dict]:
     """The optimisation itself (no cache): one padded batch for all `records`. With `kind` and a family that
     puts a norm after that module (`family.output_emitter`), the variable is the change dv of the module's
     output v at the subject token of every row (ROME's v*), entering the residual as emit(v_row, dv); its
     step and clamp are then relative to v of the bare prompt instead of h, and the weight decay is on the
     residual change it makes there (|emit(v, dv)| / |h|^2: the norm ignores v's scale, so |dv| / |v|^2 would
-    weigh the same edit differently per layer)."""
+    weigh the same edit differently per layer).
+
+    `reference` = (kind, W0): the step (v_lr_units="resid_rms") and the clamp are sized by the bare prompt's
+    v or h as it would be with W0 in place of that weight (ROME in a sequence: the weight before the first
+    edit). Otherwise by the current one, as in EasyEdit; then each edit that grows W grows the next target's
+    step and clamp with it, and on Gemma-3 that runs away (RESULTS.md, "Gemma-3 ROME in a sequence")."""
     b = _batch(model, records, prefixes)
     n = len(records)
     resid = residual_at(model, b.ids, layer).detach().to(model.device)  # from layer's device to the batch's
@@ -355,13 +371,14 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     emit = model.spec.family.output_emitter(kind, layer) if kind is not None else None
     add, ref, resid_change = None, h0, lambda delta: delta  # noqa: E731
     if emit is not None:
-        v = module_outputs(model, b.ids, b.subject, kind, layer).detach()
+        (v,) = module_outputs(model, b.ids, b.subject, kind, layer)
         ref = v[b.first]
         add = lambda rows, delta: emit(v[rows], delta[b.record[rows]].to(v.dtype))  # noqa: E731
         resid_change = lambda delta: emit(ref, delta.to(ref.dtype))  # noqa: E731
+    size = ref if reference is None else _unedited(model, b, *reference, layer, ref)
     h0_norm = h0.norm(dim=-1)
-    max_norm = hp.clamp_norm_factor * ref.norm(dim=-1)
-    scale = step_scale(hp, ref)
+    max_norm = hp.clamp_norm_factor * size.norm(dim=-1)
+    scale = step_scale(hp, size)
     torch.manual_seed(hp.seed)
     u = torch.zeros(n, resid.shape[-1], device=resid.device, requires_grad=True)  # delta = scale * u
     opt = torch.optim.Adam([u], lr=hp.v_lr)
@@ -439,11 +456,13 @@ def injected_accuracy(model: LoadedModel, records: list[EditRecord], layer: int,
 
 
 def _cache_key(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str],
-               site: str | None = None) -> dict:
+               site: str | None = None, scaled_by: str | None = None) -> dict:
     """Everything a target depends on; stored inside its file too, so a swapped or stale file is caught.
-    `site`: the module whose (pre-norm) output the target changes; None: the residual."""
+    `site`: the module whose (pre-norm) output the target changes; None: the residual. `scaled_by`: the
+    fingerprint of the reference weight sizing step and clamp, if not the current one."""
     full = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes]
-                      + ([f"{site} pre-norm output, weight decay on the residual change"] if site else []))
+                      + ([f"{site} pre-norm output, weight decay on the residual change"] if site else [])
+                      + ([f"step and clamp sized by weight {scaled_by}"] if scaled_by else []))
     return {"weights": fingerprint, "layer": layer, "subject": record.subject, "target_new": record.target_new,
             "sha256": hashlib.sha256(full.encode()).hexdigest()}
 
@@ -470,16 +489,21 @@ def _save(key: dict, t: Tensor) -> None:
 
 def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
                   prefixes: list[str] | None = None, use_cache: bool = True,
-                  chunk: int = 16, kind: str | None = None) -> Float[Tensor, "n d_model"]:
+                  chunk: int = 16, kind: str | None = None,
+                  reference: Tensor | None = None) -> Float[Tensor, "n d_model"]:
     """delta_i added to blocks.{layer}.hook_resid_post at the last subject token of every prefixed prompt
     makes the model predict records[i].target_new (MEMIT's z - h); see the module docstring.
     With `kind` ("w_out" / "w_o"), where the family passes that module's output through a norm
     (`family.output_emitter`), delta_i is the change of the module's pre-norm output instead
     (`residual_deltas` turns it into the residual change); elsewhere the two are the same thing.
 
+    `reference`: the weight `kind` had before a sequence's first edit; the step and clamp are then sized by
+    it (`optimize_deltas`), and its fingerprint joins the cache key.
+
     Cached on disk per (model weights fingerprint, record, layer, hp, prefixes), that key and a sha256 inside
     each file (store.py); a corrupt, altered or swapped file is recomputed. Records not in the cache are optimised `chunk` at a time in one padded batch each.
     """
+    from .editing import fingerprint as fingerprint_of
     from .prefixes import context_prefixes
 
     if not records:
@@ -493,12 +517,16 @@ def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp:
         raise TargetError("prefixes is empty; pass [''] for the bare prompt")
     d = model.spec.d_model
     site = kind if kind is not None and model.spec.family.output_emitter(kind, layer) is not None else None
-    keys = [_cache_key(fingerprint, r, layer, hp, prefixes, site) for r in records]
+    if reference is not None and kind is None:
+        raise TargetError("a reference weight needs the kind of module it belongs to (kind='w_out' / 'w_o')")
+    ref = None if reference is None else (kind, reference)
+    scaled_by = None if reference is None else fingerprint_of(reference)
+    keys = [_cache_key(fingerprint, r, layer, hp, prefixes, site, scaled_by) for r in records]
     out: list[Tensor | None] = [_load(k, d) if use_cache else None for k in keys]
     todo = [i for i, t in enumerate(out) if t is None]
     for start in range(0, len(todo), chunk):
         idx = todo[start: start + chunk]
-        deltas, _ = optimize_deltas(model, [records[i] for i in idx], layer, hp, prefixes, site)
+        deltas, _ = optimize_deltas(model, [records[i] for i in idx], layer, hp, prefixes, site, ref)
         for i, dlt in zip(idx, deltas):
             out[i] = dlt.cpu()
             if use_cache:

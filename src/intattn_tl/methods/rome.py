@@ -34,6 +34,10 @@ class ROMEHparams(TargetFields):
     layers: list[int] | None = None  # exactly one layer; None: the YAML's / an early-middle default
     mom2_adjustment: bool = True  # False: C = I (plain least-norm rank-one update)
     v_weight_decay: float = 0.5  # ROME's value (MEMIT uses 1e-3)
+    # what sizes each target's step and clamp in a sequence: "current" (EasyEdit: W as the earlier edits left
+    # it) or "unedited" (W before the sequence's first edit, kept in the EditState). With a relative step
+    # on a post-norm family, "current" feeds each edit's growth of W into the next target (RESULTS.md).
+    v_scale_reference: str = "current"
 
     def layer(self, model: LoadedModel) -> int:
         layers = self.layers if self.layers is not None else [default_rome_layer(model)]
@@ -44,6 +48,19 @@ class ROMEHparams(TargetFields):
     def validate(self, model: LoadedModel) -> None:
         super().validate(model)
         check_target_layer(model, self.layer(model))
+        if self.v_scale_reference not in SCALE_REFERENCES:
+            raise EditError(f"v_scale_reference must be one of {SCALE_REFERENCES}, got {self.v_scale_reference!r}")
+
+
+SCALE_REFERENCES = ("current", "unedited")
+
+
+def unedited_weight(model: LoadedModel, kind: str, layer: int, state: EditState) -> Tensor:
+    """The weight as this EditState first saw it, i.e. before the sequence's first edit (a float32 copy)."""
+    kept = state.data.setdefault("unedited_weights", {})
+    if (kind, layer) not in kept:
+        kept[(kind, layer)] = model.spec.family.weight(kind, layer).detach().float().clone()
+    return kept[(kind, layer)]
 
 
 def default_rome_layer(model: LoadedModel) -> int:
@@ -76,7 +93,9 @@ def rome_update(model: LoadedModel, record, hp: ROMEHparams, state: EditState,
     layer = hp.layer(model)
     prefixes = edit_prefixes(model, hp, state)
     C = edit_statistics(model, [("w_out", layer)], hp, state)[("w_out", layer)] if hp.mom2_adjustment else None
-    delta = target_deltas(model, [record], layer, target_hparams(hp), prefixes=prefixes, kind="w_out")[0]
+    reference = unedited_weight(model, "w_out", layer, state) if hp.v_scale_reference == "unedited" else None
+    delta = target_deltas(model, [record], layer, target_hparams(hp), prefixes=prefixes, kind="w_out",
+                          reference=reference)[0]
     k_bare = mlp_keys(model, [record], layer, [""])[0]
     k = k_bare if consistent else mlp_keys(model, [record], layer, prefixes)[0]
     v = value_target(model, layer, k_bare, delta)
