@@ -22,6 +22,11 @@ def test_marks_bold_best_dagger_second_ties_share():
     assert marks == {"b": "bold", "c": "bold", "d": "dagger"}
 
 
+def test_marks_need_something_to_rank_against():
+    assert _marks({"pre-edit": 99.0, "rome": 10.0}) == {}  # one method beside pre-edit: not "best"
+    assert _marks({"pre-edit": 99.0, "rome": 10.0, "r-rome": 20.0}) == {"r-rome": "bold"}
+
+
 def test_table_runs_resumes_and_marks(tmp_path):
     run = TableRun(table="table2", model="tiny-llama", sizes=(2, 3), methods=("memit", "intattn"), out=tmp_path,
                    eval_cfg=EvalConfig(fluency=False, progress=False))

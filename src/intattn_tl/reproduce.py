@@ -344,10 +344,11 @@ def load_cells(run: TableRun) -> dict[tuple[str, int], dict]:
 
 
 def _marks(values: dict[str, float]) -> dict[str, str]:
-    """Best value in bold, second-best value marked with a dagger (ties share the mark; pre-edit is not ranked)."""
+    """Best value in bold, second-best value marked with a dagger (ties share the mark; pre-edit is not ranked).
+    A rank needs something to rank against: one method alone gets no mark, two get no dagger."""
     scored = {m: round(v, 2) for m, v in values.items() if m != "pre-edit" and v is not None and not math.isnan(v)}
-    levels = sorted(set(scored.values()), reverse=True)
-    return {m: "bold" if v == levels[0] else "dagger" for m, v in scored.items() if v in levels[:2]}
+    levels = sorted(set(scored.values()), reverse=True)[:2 if len(scored) > 2 else 1 if len(scored) > 1 else 0]
+    return {m: "bold" if v == levels[0] else "dagger" for m, v in scored.items() if v in levels}
 
 
 def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: str) -> str:
