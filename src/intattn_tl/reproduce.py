@@ -347,7 +347,7 @@ def _marks(values: dict[str, float]) -> dict[str, str]:
     """Best value in bold, second-best value marked with a dagger (ties share the mark; pre-edit is not ranked).
     A rank needs something to rank against: one method alone gets no mark, two get no dagger."""
     scored = {m: round(v, 2) for m, v in values.items() if m != "pre-edit" and v is not None and not math.isnan(v)}
-    levels = sorted(set(scored.values()), reverse=True)[:2 if len(scored) > 2 else 1 if len(scored) > 1 else 0]
+    levels = sorted(set(scored.values()), reverse=True)[:max(0, min(len(scored) - 1, 2))]  # n methods: n - 1 marks, at most 2
     return {m: "bold" if v == levels[0] else "dagger" for m, v in scored.items() if v in levels}
 
 
