@@ -258,9 +258,14 @@ def test_summarize_by_hand():
     assert s["edit_succ"] == 75.0
     assert s["generalization"] == 25.0  # NaN skipped
     assert s["portability.Reasoning"] == 25.0 and s["portability.Subject_Aliasing"] == 100.0
-    assert s["portability"] == 62.5  # mean over kinds, not over records (37.5)
+    assert s["portability"] == 37.5  # per record the mean over its kinds, then over records (KnowEdit runner)
     assert s["locality"] == 75.0 and s["fluency"] == 550.0 and s["n_records"] == 2
     assert "text" not in s and "id" not in s
+    by_kind = summarize(rows, by="kind")
+    assert by_kind["portability"] == 62.5  # mean over kinds of the per-kind means
+    assert {k: v for k, v in by_kind.items() if k != "portability"} == {k: v for k, v in s.items() if k != "portability"}
+    with pytest.raises(ValueError, match="by must be"):
+        summarize(rows, by="kinds")
 
 
 def test_format_table():

@@ -118,7 +118,7 @@ def test_altered_prefix_cache_is_rebuilt(tiny_llama, cache, capsys):
     from intattn_tl.prefixes import context_prefixes
 
     good = context_prefixes(tiny_llama)
-    (path,) = (cache / "prefixes-v2").glob("*.json")
+    (path,) = (cache / "prefixes-v3").glob("*.json")
     blob = json.loads(path.read_text())
     path.write_text(json.dumps({**blob, "prefixes": ["", "something else. "]}))  # valid JSON, wrong content
     assert context_prefixes(tiny_llama) == good

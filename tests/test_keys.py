@@ -18,17 +18,22 @@ def _act(model, text, site):
     return got["x"][0]
 
 
-def test_mlp_key_is_hook_post_at_last_subject_token_mean_over_prefixes(tiny_llama):
-    prefixes = ["", "Spain is far. "]  # the second prefix mentions the subject: the prompt's one counts
-    K = mlp_keys(tiny_llama, REC, 1, prefixes)
-    assert K.shape == (2, tiny_llama.spec.d_mlp)
+def test_mlp_key_is_hook_post_at_last_subject_token_averaged_over_prefixes(tiny_llama):
+    prefixes = ["", "Spain is far. ", "Hello there, friend. "]  # a prefix mentions the subject: the prompt's one counts
     want = []
     for p in prefixes:
         text = p + REC[0].prompt
         _, end = subject_span(tiny_llama.tokenizer, text, "Spain", start=len(p))
         want.append(_act(tiny_llama, text, "blocks.1.mlp.hook_post")[end - 1])
-    assert torch.allclose(K[0], torch.stack(want).mean(0), atol=1e-5)
     assert not torch.allclose(want[0], want[1], atol=1e-3)  # the prefix matters: the mean is not trivial
+    K = mlp_keys(tiny_llama, REC, 1, prefixes)  # MEMIT's compute_ks: 1/2 bare + 1/2 mean of the prefixed
+    assert K.shape == (2, tiny_llama.spec.d_mlp)
+    assert torch.allclose(K[0], 0.5 * want[0] + 0.25 * (want[1] + want[2]), atol=1e-5)
+    uniform = mlp_keys(tiny_llama, REC, 1, prefixes, average="uniform")  # ROME's compute_u: the plain mean
+    assert torch.allclose(uniform[0], torch.stack(want).mean(0), atol=1e-5)
+    assert torch.equal(mlp_keys(tiny_llama, REC, 1, [""]), mlp_keys(tiny_llama, REC, 1, [""], average="uniform"))
+    with pytest.raises(ValueError, match="key average"):
+        mlp_keys(tiny_llama, REC, 1, prefixes, average="mean")
 
 
 def test_attn_key_is_what_w_o_reads(tiny_llama):

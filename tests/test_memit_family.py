@@ -151,7 +151,7 @@ def test_alphaedit_update_lies_in_the_null_space_and_keeps_preserved_keys(tiny_l
     hp = AlphaEditHparams(layers=[2], nullspace_threshold=0.5, L2=1.0, **FAST)
     state = EditState()
     first = edit(tiny_llama, REC[:1], "alphaedit", hp, state)
-    C = state.data["second_moments"][("w_out", 2, hp.mom2_n_samples, None)]
+    C = state.data["second_moments"][("w_out", 2, hp.mom2_n_samples, None, hp.mom2_text)]
     P, dim = nullspace_projector(C, hp.nullspace_threshold)
     assert 0 < dim < C.shape[0] and first.stats["nullspace_dims"] == {2: dim}
     D = first.deltas["w_out.2"].double()

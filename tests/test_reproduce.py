@@ -236,3 +236,30 @@ def test_reproduce_set_overrides_one_method_and_is_recorded(tmp_path, capsys):
         assert main(args + bad) == 2, bad
         assert said in capsys.readouterr().err, bad
     assert len(list((tmp_path / "table1-tiny-llama" / "cells").glob("memit-T*.json"))) == len(cells)
+
+
+def test_cells_of_the_earlier_aggregation_are_reaggregated_from_their_rows(tmp_path):
+    from intattn_tl.reproduce import AGGREGATION, ReproduceError, _write_rows, cell_path, collect
+    from intattn_tl.store import write_json
+
+    run = TableRun(table="table2", model="tiny-llama", sizes=(2,), methods=("memit",), out=tmp_path)
+    rows = [{"id": "a", "edit_succ": 1.0, "portability.R": 0.5, "portability.S": 1.0, "portability": 0.75,
+             "locality.F": 1.0, "locality": 1.0, "fluency": 5.0},
+            {"id": "b", "edit_succ": 0.0, "portability.R": 0.0, "portability": 0.0, "locality.F": 0.5,
+             "locality.G": 0.0, "locality": 0.25, "fluency": 6.0}]
+    old = {"method": "memit", "T": 2, "edit_succ": 50.0, "portability": 62.5, "locality": 62.5, "fluency": 550.0,
+           "device": "cpu"}  # Portability / Locality as the mean over kinds of the per-kind means
+    path = cell_path(run, "memit", 2)
+    write_json(path, old, {"method": "memit", "T": 2})
+    _write_rows(path.with_suffix(".csv"), rows)
+    collect(run)
+    cell = load_cells(run)[("memit", 2)]
+    assert cell["aggregation"] == AGGREGATION
+    assert cell["portability"] == pytest.approx(37.5) and cell["locality"] == pytest.approx(62.5)
+    assert cell["portability.S"] == pytest.approx(100.0) and cell["edit_succ"] == 50.0
+    assert "| MEMIT | 50.00 | 37.50 | 62.50 |" in (run.dir / "table.md").read_text()
+    # rows that do not belong to their cell are refused, the cell left as it was
+    write_json(path, {**old, "edit_succ": 40.0}, {"method": "memit", "T": 2})
+    with pytest.raises(ReproduceError, match="rows and cell disagree"):
+        collect(run)
+    assert load_cells(run)[("memit", 2)]["portability"] == 62.5

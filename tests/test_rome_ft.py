@@ -49,10 +49,15 @@ def test_rome_update_hits_value(request, name, consistent):
     layer, D, _ = rome_update(model, FACT, hp, state, consistent=consistent)
     delta = target_deltas(model, [FACT], layer, target_hparams(hp), prefixes=PREFIXES, kind="w_out")[0]  # cache hit
     k_bare = mlp_keys(model, [FACT], layer, [""])[0]
-    k = k_bare if consistent else mlp_keys(model, [FACT], layer, PREFIXES)[0]
     v = value_target(model, layer, k_bare, delta)
     W = model.spec.w_out[layer].double()
-    torch.testing.assert_close((W + D) @ k.double(), v.double(), atol=1e-4, rtol=1e-4)
+    # both solve W k_bare = v*; ROME along C^-1 of the prefix-averaged key, R-ROME along C^-1 k_bare
+    torch.testing.assert_close((W + D) @ k_bare.double(), v.double(), atol=1e-4, rtol=1e-4)
+    k_dir = k_bare if consistent else mlp_keys(model, [FACT], layer, PREFIXES, "uniform")[0]
+    C = state.data["second_moments"][("w_out", layer, hp.mom2_n_samples, None, hp.mom2_text)]
+    u = torch.linalg.solve(C, k_dir.double())
+    row = D.norm(dim=1).argmax()  # D = r u^T / (u^T k_bare): every row is a multiple of u
+    torch.testing.assert_close(D[row] / D[row].norm(), u * torch.sign(D[row] @ u) / u.norm(), atol=1e-6, rtol=1e-5)
     if consistent:  # the block moves the residual by exactly the change the target was optimised as
         norm = model.spec.family.post_norm("w_out", layer) or (lambda x: x)
         with torch.no_grad():

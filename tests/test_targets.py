@@ -11,7 +11,7 @@ from intattn_tl.targets import (
     TargetError, TargetHparams, _batch, _cache_path, _length_groups, injected_accuracy, logits_from, module_outputs,
     optimize_deltas, residual_at, residual_deltas, step_scale, target_deltas,
 )
-from intattn_tl.tokens import answer_ids, prompt_ids
+from intattn_tl.tokens import answer_ids, prompt_ids, subject_span
 
 FACT = EditRecord(id="made-up", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
                   ground_truth=("Zorb",))
@@ -259,3 +259,18 @@ def test_step_and_clamp_can_be_sized_by_the_unedited_weight(family, cache, reque
     assert float(kept.norm()) <= 0.25 * float(size0.norm()) * (1 + 1e-4)  # clamped by the unedited size
     assert float(grown.norm()) <= 0.25 * float(size_now.norm()) * (1 + 1e-4)
     assert float(grown.norm()) > 1.5 * float(kept.norm())  # the grown weight's clamp is larger
+
+
+def test_kl_term_sits_at_the_last_subject_token_of_subject_is_a(tiny_llama):
+    record = EditRecord(id="kl", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
+                        ground_truth=("Zorb",))
+    tok = tiny_llama.tokenizer
+    b = _batch(tiny_llama, [record], ["", "Hi. "])
+    (kl_row,) = torch.nonzero(b.kl >= 0)[:, 0].tolist()
+    subject_end = subject_span(tok, "Zorbania is a", "Zorbania")[1] - 1
+    assert b.kl[kl_row] == b.subject[kl_row] == subject_end  # ROME's / MEMIT's lookup index
+    end = _batch(tiny_llama, [record], ["", "Hi. "], kl_position="prompt_end")
+    assert end.kl[kl_row] == end.length[kl_row] - 1 > subject_end  # after "is a"
+    assert (b.kl[b.kl < 0] == -1).all() and int((b.kl >= 0).sum()) == 1
+    with pytest.raises(TargetError, match="kl_position"):
+        TargetHparams(kl_position="after")

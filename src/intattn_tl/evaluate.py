@@ -25,10 +25,13 @@ Aliases: EasyEdit's KnowEdit runner keeps `ground_truth[0][0]` for every probe, 
 first answer; `data.answers` flattens alias lists in order, so that is `probe.answers[0]` here. Probes
 whose first answer is empty are skipped, as EasyEdit's newer KnowEdit runner does (`if an.strip() == ""`).
 
-Aggregation: a record's score per probe kind is the mean over its probes of that kind (EasyEdit keeps one
-list per kind and averages it). `summarize` averages each kind over the records that have it, and the
-headline Portability / Locality is the mean over kinds (KnowEdit's tables average the kinds). A record's
-own `portability` / `locality` column is the mean over its kinds. Metrics that do not apply are NaN.
+Aggregation, as EasyEdit's KnowEdit runner (which made the paper's tables): a record's score per probe kind
+is the mean over its probes of that kind (EasyEdit keeps one list per kind and averages it); a record's
+Portability / Locality is the mean over its kinds; the headline is the mean of that over the records that
+have any such probe. The per-kind means over records stay as extra columns (`portability.<kind>`).
+`summarize(rows, by="kind")` is the other order (mean over records per kind, then over kinds), which
+weighs a kind that few records have as much as one that all have; it is not the paper's scale.
+Metrics that do not apply are NaN.
 
 Deviations from EasyEdit, on purpose:
 1. Word tokenization for fluency is a regex approximation of `nltk.word_tokenize` (words, punctuation,
@@ -382,15 +385,22 @@ NAMES = {"edit_succ": "Edit Succ.", "generalization": "Generalization", "portabi
          "portability_em": "Port. EM"}
 
 
-def summarize(rows: list[dict]) -> dict[str, float]:
-    """Mean over records (NaN skipped) x100, per kind too; Portability/Locality = mean over their kinds."""
+AGGREGATIONS = ("record", "kind")
+
+
+def summarize(rows: list[dict], by: str = "record") -> dict[str, float]:
+    """Mean over records (NaN skipped) x100 of every metric and of each probe kind. Portability / Locality:
+    `by="record"` the mean of each record's mean over its kinds (the KnowEdit runner's, the paper's);
+    `by="kind"` the mean over kinds of the per-kind means (module docstring)."""
+    if by not in AGGREGATIONS:
+        raise ValueError(f"by must be one of {AGGREGATIONS}, got {by!r}")
     numeric = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("id", "text")]
     out: dict[str, float] = {}
     for k in numeric:
         vals = [r[k] for r in rows if k in r and r[k] is not None and not math.isnan(r[k])]
         out[k] = 100 * _mean(vals)
-    for group in ("portability", "locality"):
-        kinds = [v for k, v in out.items() if k.startswith(group + ".")]
+    for group in ("portability", "locality") if by == "kind" else ():
+        kinds = [v for k, v in out.items() if k.startswith(group + ".") and not math.isnan(v)]
         if kinds:
             out[group] = _mean(kinds)
     out["n_records"] = len(rows)

@@ -1,8 +1,14 @@
 """Keys of the edited matrices at the subject: what W_out / W_O read when the model sees a fact.
 
 MLP key k = input to W_out (`blocks.l.mlp.hook_post`); attention key k = the concatenated head outputs
-before W_O (`blocks.l.attn.hook_z`, flattened). Like MEMIT, a record's key is the mean over its prompt
+before W_O (`blocks.l.attn.hook_z`, flattened). Like MEMIT, a record's key is averaged over its prompt
 put behind each context prefix, so the edit does not hinge on the prompt starting the text.
+
+How the prompts are averaged (`KeyAverage`) follows the reference implementations:
+- "context_type" (MEMIT's `compute_ks`, which groups its templates by type, [["{}"], [generated...]]):
+  1/2 * the bare prompt's key + 1/2 * the mean over the prefixed prompts;
+- "uniform" (ROME's `compute_u`, one flat template list): the mean over all prompts, bare one included.
+With only the bare prompt the two are the same.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from .models import LoadedModel
 from .tokens import subject_span
 
 SubjectTokens = Literal["last", "all"]
+KeyAverage = Literal["context_type", "uniform"]
+KEY_AVERAGES = ("context_type", "uniform")
 BATCH = 64  # prompts per forward pass
 
 
@@ -35,18 +43,29 @@ def _flat(site: str, x: Tensor) -> Tensor:
     return x.flatten(-2) if site.endswith("hook_z") else x  # [b, pos, heads, d_head] -> [b, pos, heads*d_head]
 
 
+def prompt_weights(prefixes: list[str], average: KeyAverage) -> Float[Tensor, "p"]:
+    """The weight of each prefixed prompt in a record's key (they sum to 1)."""
+    if average not in KEY_AVERAGES:
+        raise ValueError(f"key average must be one of {KEY_AVERAGES}, got {average!r}")
+    bare = torch.tensor([p == "" for p in prefixes])
+    if average == "uniform" or bool(bare.all()) or not bool(bare.any()):
+        return torch.full((len(prefixes),), 1 / len(prefixes), dtype=torch.float64)
+    return torch.where(bare, 0.5 / bare.sum(), 0.5 / (~bare).sum()).double()
+
+
 def subject_activations(
     model: LoadedModel, records: list[EditRecord], sites: list[str], prefixes: list[str] | None = None,
-    subject_tokens: SubjectTokens = "last",
+    subject_tokens: SubjectTokens = "last", average: KeyAverage = "context_type",
 ) -> dict[str, Float[Tensor, "n d"]]:
-    """Activations at hook `sites` (e.g. "blocks.3.mlp.hook_post") at the subject, mean over prefixes,
-    each on the device its layer runs on.
+    """Activations at hook `sites` (e.g. "blocks.3.mlp.hook_post") at the subject, averaged over prefixes
+    as `average` says (module docstring), each on the device its layer runs on.
 
     One forward per batch of prefixed prompts, stopped after the highest layer any site needs.
     """
     if subject_tokens not in ("last", "all"):
         raise ValueError(f"subject_tokens must be 'last' or 'all', got {subject_tokens!r}")
     prefixes = _prefixes(model, prefixes)
+    weights = prompt_weights(prefixes, average)
     tok = model.tokenizer
     texts, spans, owner = [], [], []
     for i, r in enumerate(records):
@@ -76,20 +95,21 @@ def subject_activations(
         dev = sums[s].device
         total = torch.zeros(len(records), sums[s].shape[-1], dtype=torch.float64, device=dev)
         idx = torch.tensor(owner, device=dev)
-        out[s] = (total.index_add_(0, idx, sums[s].double()) / len(prefixes)).to(sums[s].dtype)
+        w = weights.to(dev).repeat(len(records))[:, None]
+        out[s] = total.index_add_(0, idx, sums[s].double() * w).to(sums[s].dtype)
     return out
 
 
-def mlp_keys(model: LoadedModel, records: list[EditRecord], layer: int,
-             prefixes: list[str] | None = None) -> Float[Tensor, "n d_mlp"]:
+def mlp_keys(model: LoadedModel, records: list[EditRecord], layer: int, prefixes: list[str] | None = None,
+             average: KeyAverage = "context_type") -> Float[Tensor, "n d_mlp"]:
     site = f"blocks.{layer}.mlp.hook_post"
-    return subject_activations(model, records, [site], prefixes)[site]
+    return subject_activations(model, records, [site], prefixes, average=average)[site]
 
 
 def attn_keys(model: LoadedModel, records: list[EditRecord], layer: int, prefixes: list[str] | None = None,
-              subject_tokens: SubjectTokens = "last") -> Float[Tensor, "n d_attn"]:
+              subject_tokens: SubjectTokens = "last", average: KeyAverage = "context_type") -> Float[Tensor, "n d_attn"]:
     site = f"blocks.{layer}.attn.hook_z"
-    return subject_activations(model, records, [site], prefixes, subject_tokens)[site]
+    return subject_activations(model, records, [site], prefixes, subject_tokens, average)[site]
 
 
 def key_site(kind: str, layer: int) -> str:

@@ -2,12 +2,14 @@
 
 For record i we look for delta_i such that adding it to the residual stream output of `layer`
 (`blocks.{layer}.hook_resid_post`) at the last subject token makes every prefixed prompt continue with
-target_new, while "{subject} is a" keeps its next-token distribution:
+target_new, while "{subject} is a" keeps its distribution at the last subject token (the delta's own
+position: ROME's and MEMIT's lookup index; `kl_position="prompt_end"` takes it after "is a" instead):
 
     loss_i = mean_p NLL(target_new | prefix_p + prompt) + kl_factor * KL(p0 || p_delta)
-             + v_weight_decay * |delta_i| / |h_i|^2,        |delta_i| <= clamp_norm_factor * |h_i|
+             + v_weight_decay * |delta_i| / |s_i|^2,        |delta_i| <= clamp_norm_factor * |s_i|
 
-(h_i = the residual at that position in the unprefixed prompt; the weight-decay term is MEMIT's.)
+(s_i sizes the target: `target_size="residual"`, MEMIT's, the residual h_i at that position in the
+unprefixed prompt; "module_output", ROME's, the edited module's output W k there.)
 Adam moves every coordinate by about v_lr per step whatever the gradient's size, so v_lr is in the
 residual's own units, and residual norms differ by orders of magnitude between models (Gemma-3's is
 ~20x SmolLM2's at the edit layer). `v_lr_units="resid_rms"` makes the step v_lr * rms(h_i) instead, by
@@ -57,6 +59,8 @@ class TargetHparams:
     early_stop_loss: float = 5e-2
     seed: int = 0
     v_lr_units: str = "resid_rms"  # the Adam step is v_lr * rms(h_i); "absolute": v_lr (module docstring)
+    kl_position: str = "subject"  # where the KL term is read in "{subject} is a"; "prompt_end": after "a"
+    target_size: str = "residual"  # what sizes clamp and weight decay: "residual" (MEMIT), "module_output" (ROME)
 
     def __post_init__(self):
         if self.v_num_grad_steps < 1:
@@ -65,11 +69,15 @@ class TargetHparams:
             raise TargetError(f"v_lr and clamp_norm_factor must be > 0, got {self.v_lr}, {self.clamp_norm_factor}")
         if self.kl_factor < 0 or self.v_weight_decay < 0:
             raise TargetError(f"kl_factor and v_weight_decay must be >= 0, got {self.kl_factor}, {self.v_weight_decay}")
-        if self.v_lr_units not in STEP_UNITS:
-            raise TargetError(f"v_lr_units must be one of {STEP_UNITS}, got {self.v_lr_units!r}")
+        for name, allowed in (("v_lr_units", STEP_UNITS), ("kl_position", KL_POSITIONS),
+                              ("target_size", TARGET_SIZES)):
+            if getattr(self, name) not in allowed:
+                raise TargetError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 STEP_UNITS = ("absolute", "resid_rms")
+KL_POSITIONS = ("subject", "prompt_end")
+TARGET_SIZES = ("residual", "module_output")
 
 
 def step_scale(hp: TargetHparams, h0: Float[Tensor, "n d"]) -> Float[Tensor, "n 1"]:
@@ -256,7 +264,8 @@ class _Batch:
     length: Int[Tensor, "rows"]  # tokens before the padding
 
 
-def _rows(tok, record: EditRecord, prefixes: list[str]) -> list[tuple[list[int], int, list[int], int]]:
+def _rows(tok, record: EditRecord, prefixes: list[str],
+          kl_position: str = "subject") -> list[tuple[list[int], int, list[int], int]]:
     rows = []
     for prefix in prefixes:
         text = prefix + record.prompt
@@ -267,15 +276,17 @@ def _rows(tok, record: EditRecord, prefixes: list[str]) -> list[tuple[list[int],
         rows.append((head + ans[:-1], subj, labels[: len(head) + len(ans) - 1], -1))
     kl_text = f"{record.subject} is a"
     kl_ids = prompt_ids(tok, kl_text)
-    rows.append((kl_ids, subject_span(tok, kl_text, record.subject)[1] - 1, [-100] * len(kl_ids), len(kl_ids) - 1))
+    subj = subject_span(tok, kl_text, record.subject)[1] - 1
+    rows.append((kl_ids, subj, [-100] * len(kl_ids), subj if kl_position == "subject" else len(kl_ids) - 1))
     return rows
 
 
-def _batch(model: LoadedModel, records: list[EditRecord], prefixes: list[str]) -> _Batch:
+def _batch(model: LoadedModel, records: list[EditRecord], prefixes: list[str],
+           kl_position: str = "subject") -> _Batch:
     ids, rec, subj, labels, kl, first = [], [], [], [], [], []
     for i, r in enumerate(records):
         first.append(len(ids))
-        for row_ids, s, lab, k in _rows(model.tokenizer, r, prefixes):
+        for row_ids, s, lab, k in _rows(model.tokenizer, r, prefixes, kl_position):
             ids.append(row_ids), rec.append(i), subj.append(s), labels.append(lab), kl.append(k)
     t = max(len(x) for x in ids)
     pad = model.tokenizer.pad_token_id
@@ -349,7 +360,8 @@ def _unedited(model: LoadedModel, b, kind: str, weight: Tensor, layer: int,
 
 def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp: TargetHparams,
                     prefixes: list[str], kind: str | None = None,
-                    reference: tuple[str, Tensor] | None = None) -> tuple[Float[Tensor, "n d_model"], dict]:
+                    reference: tuple[str, Tensor] | None = None,
+                    sized_by: str | None = None) -> tuple[Float[Tensor, "n d_model"], dict]:
     """The optimisation itself (no cache): one padded batch for all `records`. With `kind` and a family that
     puts a norm after that module (`family.output_emitter`), the variable is the change dv of the module's
     output v at the subject token of every row (ROME's v*), entering the residual as emit(v_row, dv); its
@@ -360,8 +372,12 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     `reference` = (kind, W0): the step (v_lr_units="resid_rms") and the clamp are sized by the bare prompt's
     v or h as it would be with W0 in place of that weight (ROME in a sequence: the weight before the first
     edit). Otherwise by the current one, as in EasyEdit; then each edit that grows W grows the next target's
-    step and clamp with it, and on Gemma-3 that runs away (RESULTS.md, "Gemma-3 ROME in a sequence")."""
-    b = _batch(model, records, prefixes)
+    step and clamp with it, and on Gemma-3 that runs away (RESULTS.md, "Gemma-3 ROME in a sequence").
+
+    `sized_by` (with hp.target_size="module_output", a family without a post-norm there): the weight kind
+    whose output W k at the bare prompt's subject sizes the clamp and the weight decay (ROME's
+    |target_init|), instead of the residual; the step stays sized by the residual."""
+    b = _batch(model, records, prefixes, hp.kl_position)
     n = len(records)
     resid = residual_at(model, b.ids, layer).detach().to(model.device)  # from layer's device to the batch's
     sf = Suffixes(model, resid, b.subject, b.length, layer)
@@ -376,8 +392,13 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
         add = lambda rows, delta: emit(v[rows], delta[b.record[rows]].to(v.dtype))  # noqa: E731
         resid_change = lambda delta: emit(ref, delta.to(ref.dtype))  # noqa: E731
     size = ref if reference is None else _unedited(model, b, *reference, layer, ref)
-    h0_norm = h0.norm(dim=-1)
-    max_norm = hp.clamp_norm_factor * size.norm(dim=-1)
+    decay_norm = h0.norm(dim=-1)  # weight decay |resid change| / |h|^2 (MEMIT's; post-norm families too)
+    clamp_by = size
+    if sized_by is not None and emit is None:  # ROME: clamp and decay by the module's output W k
+        (out,) = module_outputs(model, b.ids[b.first], b.subject[b.first], sized_by, layer)
+        clamp_by = out if reference is None else _unedited(model, b, *reference, layer, out)
+        decay_norm = clamp_by.norm(dim=-1).to(h0.dtype)
+    max_norm = hp.clamp_norm_factor * clamp_by.norm(dim=-1)
     scale = step_scale(hp, size)
     torch.manual_seed(hp.seed)
     u = torch.zeros(n, resid.shape[-1], device=resid.device, requires_grad=True)  # delta = scale * u
@@ -395,7 +416,7 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
         rows = torch.nonzero(active[b.record])[:, 0]
         delta = u * scale
         nll, kl, _ = _losses(model, sf, labels, kl_pos, b.record, rows, delta, kl_init, add)
-        wd = hp.v_weight_decay * resid_change(delta).norm(dim=-1) / h0_norm**2
+        wd = hp.v_weight_decay * resid_change(delta).norm(dim=-1) / decay_norm**2
         loss = nll + hp.kl_factor * kl + wd
         stop = active & ((loss < hp.early_stop_loss) | (step == hp.v_num_grad_steps - 1))
         with torch.no_grad():
@@ -456,13 +477,14 @@ def injected_accuracy(model: LoadedModel, records: list[EditRecord], layer: int,
 
 
 def _cache_key(fingerprint: str, record: EditRecord, layer: int, hp: TargetHparams, prefixes: list[str],
-               site: str | None = None, scaled_by: str | None = None) -> dict:
+               site: str | None = None, scaled_by: str | None = None, sized_by: str | None = None) -> dict:
     """Everything a target depends on; stored inside its file too, so a swapped or stale file is caught.
     `site`: the module whose (pre-norm) output the target changes; None: the residual. `scaled_by`: the
     fingerprint of the reference weight sizing step and clamp, if not the current one."""
     full = json.dumps([record.prompt, record.subject, record.target_new, layer, dataclasses.asdict(hp), prefixes]
                       + ([f"{site} pre-norm output, weight decay on the residual change"] if site else [])
-                      + ([f"step and clamp sized by weight {scaled_by}"] if scaled_by else []))
+                      + ([f"step and clamp sized by weight {scaled_by}"] if scaled_by else [])
+                      + ([f"clamp and decay sized by the output of {sized_by}"] if sized_by else []))
     return {"weights": fingerprint, "layer": layer, "subject": record.subject, "target_new": record.target_new,
             "sha256": hashlib.sha256(full.encode()).hexdigest()}
 
@@ -521,12 +543,15 @@ def target_deltas(model: LoadedModel, records: list[EditRecord], layer: int, hp:
         raise TargetError("a reference weight needs the kind of module it belongs to (kind='w_out' / 'w_o')")
     ref = None if reference is None else (kind, reference)
     scaled_by = None if reference is None else fingerprint_of(reference)
-    keys = [_cache_key(fingerprint, r, layer, hp, prefixes, site, scaled_by) for r in records]
+    if hp.target_size == "module_output" and kind is None:
+        raise TargetError("target_size='module_output' needs the kind of module whose output sizes the target")
+    sized_by = kind if hp.target_size == "module_output" else None
+    keys = [_cache_key(fingerprint, r, layer, hp, prefixes, site, scaled_by, sized_by) for r in records]
     out: list[Tensor | None] = [_load(k, d) if use_cache else None for k in keys]
     todo = [i for i, t in enumerate(out) if t is None]
     for start in range(0, len(todo), chunk):
         idx = todo[start: start + chunk]
-        deltas, _ = optimize_deltas(model, [records[i] for i in idx], layer, hp, prefixes, site, ref)
+        deltas, _ = optimize_deltas(model, [records[i] for i in idx], layer, hp, prefixes, site, ref, sized_by)
         for i, dlt in zip(idx, deltas):
             out[i] = dlt.cpu()
             if use_cache:

@@ -164,15 +164,16 @@ def warm_caches(model, records, hps: dict, quiet: bool) -> None:
     passes: dict[tuple, list] = {}  # one corpus pass per statistics setting (the YAMLs share one)
     for hp, sites in ((memit_hp, [("w_out", l) for l in mlp]),
                       (ia_hp, [("w_o", l) for l in attn] + [("w_out", l) for l in ia_mlp])):
-        passes.setdefault((hp.mom2_n_samples, hp.mom2_dataset), []).extend(sites)
-    for (n_tokens, corpus), sites in passes.items():
-        second_moments(model, list(dict.fromkeys(sites)), n_tokens, corpus, progress=not quiet)
+        passes.setdefault((hp.mom2_n_samples, hp.mom2_dataset, hp.mom2_text), []).extend(sites)
+    for (n_tokens, corpus, text), sites in passes.items():
+        second_moments(model, list(dict.fromkeys(sites)), n_tokens, corpus, progress=not quiet, text=text)
     # MEMIT's targets sit at its top layer, IntAttn-Edit's at the top of both chains. With the same target
     # settings (the YAMLs share them) they are the same cache entries: optimised once, used by both.
     targets = {}
     for hp, layer in ((memit_hp, mlp[-1]), (ia_hp, max(attn + ia_mlp))):
         thp = target_hparams(hp)
-        targets.setdefault((json.dumps(dataclasses.asdict(thp)), layer, hp.use_prefixes), (hp, thp, layer))
+        targets.setdefault((json.dumps(dataclasses.asdict(thp)), layer, hp.use_prefixes, str(hp.context_lengths)),
+                           (hp, thp, layer))
     for hp, thp, layer in targets.values():
         prefixes = edit_prefixes(model, hp, EditState())
         bar = tqdm(total=len(records), desc=f"target deltas (layer {layer})", unit="fact", disable=quiet)

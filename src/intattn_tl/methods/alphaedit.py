@@ -62,9 +62,10 @@ def run(model: LoadedModel, records, hp: AlphaEditHparams, tx: WeightTransaction
         return solve_projected(R, K, P[layer], prev, hp.L2)
 
     h, delta = targets_at(model, records, layers[-1], hp, prefixes)
-    steps = memit_chain(model, records, "w_out", layers, h + delta, layers[-1], solver, tx, prefixes)
+    steps = memit_chain(model, records, "w_out", layers, h + delta, layers[-1], solver, tx, prefixes,
+                        key_average=hp.key_average)
     for layer in layers:  # the keys as the edited model computes them join the preserved set
-        K = mlp_keys(model, records, layer, prefixes).double().cpu()
+        K = mlp_keys(model, records, layer, prefixes, hp.key_average).double().cpu()
         preserved[layer] = preserved.get(layer, torch.zeros_like(P[layer])) + K.T @ K
     return {"layers": layers, "steps": steps, "targets": [{"chain": "w_out", "layer": layers[-1], "kind": "w_out"}],
             "nullspace_dims": {l: int(torch.trace(P[l]).round()) for l in layers},

@@ -110,7 +110,7 @@ def run(model: LoadedModel, records, hp: IntAttnHparams, tx: WeightTransaction, 
         last = i == len(active) - 1
         z = h0 + delta if (last and i > 0 and hp.residual_split == "remainder") else start + share * delta
         steps += memit_chain(model, records, kind, layers, z, L, lam_solver(C, kind, lam), tx, prefixes,
-                             subject_tokens)
+                             subject_tokens, hp.key_average)
     return {"alpha": alpha, "z_layer": z_layer, "order": active, "steps": steps,
             "targets": [{"chain": k, "layer": sites[k][0], "kind": sites[k][1]} for k in active],
             "target_norm": float(sum(targets[sites[k]][1].norm(dim=-1).mean() for k in active) / len(active))}

@@ -9,19 +9,21 @@ every update:  R = (z - h_L) / (layers left),  W_out[l] += R K^T (lam C + K K^T)
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..covariance import CHUNK, second_moments
+from ..covariance import CHUNK, TEXT_MODES, second_moments
 from ..editing import EditError, EditState, WeightTransaction, register
 from ..hparams import tracing_result
-from ..keys import key_site, resid_post, subject_activations
+from ..keys import KEY_AVERAGES, key_site, resid_post, subject_activations
 from ..models import LoadedModel
+from ..prefixes import MEMIT_LENGTHS, STARTS, context_prefixes
 from ..solve import solve_delta
+from ..targets import KL_POSITIONS, STEP_UNITS, TARGET_SIZES, TargetHparams, residual_deltas, target_deltas
 
 
 @dataclass
@@ -39,16 +41,28 @@ class TargetFields:
     early_stop_loss: float = 5e-2
     seed: int = 0
     use_prefixes: bool = True  # average keys / optimise targets over context prefixes (MEMIT)
+    # The reference implementations' choices (EasyEdit's MEMIT / ROME); the alternatives are the toolkit's
+    # earlier ones, kept as named options.
+    context_lengths: list[list[int]] = field(default_factory=lambda: [list(p) for p in MEMIT_LENGTHS])
+    key_average: str = "context_type"  # keys: 1/2 bare + 1/2 mean over prefixed (MEMIT); "uniform": plain mean
+    kl_position: str = "subject"  # KL term of "{subject} is a" at the last subject token; "prompt_end": after "a"
+    target_size: str = "residual"  # clamp and weight decay sized by the residual (MEMIT) or "module_output" (ROME)
+    mom2_text: str = "documents"  # statistics: one sequence per corpus line (EasyEdit); "windows": 128-token cuts
 
     def validate(self, model: LoadedModel) -> None:
         if self.mom2_n_samples < CHUNK:
             raise EditError(f"mom2_n_samples must be >= {CHUNK}, got {self.mom2_n_samples}")
         if self.v_num_grad_steps < 1 or self.v_lr <= 0:
             raise EditError(f"v_num_grad_steps must be >= 1 and v_lr > 0 (got {self.v_num_grad_steps}, {self.v_lr})")
-        from ..targets import STEP_UNITS
-
-        if self.v_lr_units not in STEP_UNITS:
-            raise EditError(f"v_lr_units must be one of {STEP_UNITS}, got {self.v_lr_units!r}")
+        for name, allowed in (("v_lr_units", STEP_UNITS), ("kl_position", KL_POSITIONS),
+                              ("target_size", TARGET_SIZES), ("key_average", KEY_AVERAGES),
+                              ("mom2_text", TEXT_MODES)):
+            if getattr(self, name) not in allowed:
+                raise EditError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.context_lengths or any(len(p) != 2 or min(p) < 1 or p[1] % len(STARTS)
+                                           for p in self.context_lengths):
+            raise EditError(f"context_lengths must be [[n_tokens, count], ...] with count a multiple of "
+                            f"{len(STARTS)}, got {self.context_lengths}")
 
 
 def check_layers(model: LoadedModel, layers, what: str) -> list[int]:
@@ -79,8 +93,6 @@ def default_mlp_layers(model: LoadedModel) -> list[int]:
 
 def target_hparams(hp):
     """The TargetHparams whose fields a method's hparams share by name."""
-    from ..targets import TargetHparams
-
     names = {f.name for f in dataclasses.fields(TargetHparams)}
     return TargetHparams(**{k: v for k, v in dataclasses.asdict(hp).items() if k in names})
 
@@ -90,19 +102,17 @@ def edit_prefixes(model: LoadedModel, hp, state: EditState) -> list[str]:
     if not hp.use_prefixes:
         return [""]
     if "prefixes" not in state.data:
-        from ..prefixes import context_prefixes
-
-        state.data["prefixes"] = context_prefixes(model)
+        state.data["prefixes"] = context_prefixes(model, hp.context_lengths)
     return state.data["prefixes"]
 
 
 def edit_statistics(model: LoadedModel, sites: list[tuple[str, int]], hp, state: EditState) -> dict:
     """E[k k^T] per site, held by the EditState so later sequential batches reuse the unedited model's."""
     held = state.data.setdefault("second_moments", {})
-    key = lambda s: (*s, hp.mom2_n_samples, hp.mom2_dataset)  # noqa: E731
+    key = lambda s: (*s, hp.mom2_n_samples, hp.mom2_dataset, hp.mom2_text)  # noqa: E731
     missing = [s for s in sites if key(s) not in held]
     if missing:
-        got = second_moments(model, missing, hp.mom2_n_samples, hp.mom2_dataset, progress=True)
+        got = second_moments(model, missing, hp.mom2_n_samples, hp.mom2_dataset, progress=True, text=hp.mom2_text)
         held.update({key(s): c for s, c in got.items()})
     return {s: held[key(s)] for s in sites}
 
@@ -127,7 +137,7 @@ def cos_ratio(real: Float[Tensor, "n d"], want: Float[Tensor, "n d"]) -> tuple[f
 
 def memit_chain(model: LoadedModel, records, kind: str, layers: list[int], z: Float[Tensor, "n d_model"],
                 z_layer: int, solver: Solver, tx: WeightTransaction, prefixes: list[str],
-                subject_tokens: str = "last") -> list[dict]:
+                subject_tokens: str = "last", key_average: str = "context_type") -> list[dict]:
     """Ascending over `layers`: recompute keys and h_{z_layer}, solve for (z - h)/(layers left), update.
 
     Each step's stats account for where the edit goes (cos_ratio of realised vs intended): `module`, the
@@ -139,7 +149,7 @@ def memit_chain(model: LoadedModel, records, kind: str, layers: list[int], z: Fl
     h = h_first = resid_post(model, records, z_layer, [""])
     for i, layer in enumerate(layers):
         site = key_site(kind, layer)
-        K = subject_activations(model, records, [site], prefixes, subject_tokens)[site]
+        K = subject_activations(model, records, [site], prefixes, subject_tokens, key_average)[site]
         R = (z - h) / (len(layers) - i)
         want = to_module_space(model, kind, layer, K, R)
         delta = solver(layer, want.T, K.T)
@@ -185,8 +195,6 @@ def targets_at(model: LoadedModel, records, z_layer: int, hp, prefixes: list[str
     """(h_L on the bare prompts, delta): the chain drives h_L to h_L + delta. The target is optimised as a
     change of module `kind`'s output at L (targets.target_deltas), so where a norm sits between that module
     and the residual (Gemma-3) delta is a residual change the top layer can emit through it."""
-    from ..targets import residual_deltas, target_deltas
-
     out = target_deltas(model, records, z_layer, target_hparams(hp), prefixes=prefixes, kind=kind)
     h = resid_post(model, records, z_layer, [""])
     return h, residual_deltas(model, records, z_layer, kind, out).to(h.device)  # where layer L runs
@@ -199,6 +207,6 @@ def run(model: LoadedModel, records, hp: MEMITHparams, tx: WeightTransaction, st
     C = edit_statistics(model, [("w_out", l) for l in layers], hp, state)
     h, delta = targets_at(model, records, layers[-1], hp, prefixes)
     steps = memit_chain(model, records, "w_out", layers, h + delta, layers[-1],
-                        lam_solver(C, "w_out", hp.mom2_update_weight), tx, prefixes)
+                        lam_solver(C, "w_out", hp.mom2_update_weight), tx, prefixes, key_average=hp.key_average)
     return {"layers": layers, "steps": steps, "targets": [{"chain": "w_out", "layer": layers[-1], "kind": "w_out"}],
             "target_norm": float(delta.norm(dim=-1).mean())}
