@@ -5,7 +5,7 @@
 Per segment of the sequence (edits 1-10, 11-30, 31-100, ...): the mean and largest |Delta| / |W| (the
 rank-one update against the weight it is added to), the edited weight's norm at the segment's first and
 last edit, and the mean target norm. A weight that grows edit after edit, or targets that grow with it,
-is a sequence running away (RESULTS.md, "Gemma-3 ROME in a sequence").
+is a sequence running away (docs/history.md, "Gemma-3: how the current setup was found").
 """
 
 from __future__ import annotations
