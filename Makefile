@@ -43,7 +43,7 @@ test: setup  ## the whole test suite (tiny models + the real SmolLM2 model)
 test-fast: setup  ## unit tests only (no real model)
 	$(BIN)/python -m pytest -q -m "not real_model and not slow"
 
-# the settings of the committed results/tracing runs (RESULTS.md); TRACE_FLAGS= for the full float32 grid
+# the settings of the committed results/tracing runs (docs/results.md); TRACE_FLAGS= for the full float32 grid
 TRACE_FLAGS ?= --kinds attn_window,mlp_window --dtype bfloat16
 
 trace: setup  ## causal tracing over 100 known facts -> results/tracing/$(MODEL) (TRACE_FLAGS=--install-defaults: also the package default)

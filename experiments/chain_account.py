@@ -1,4 +1,4 @@
-"""Where does a batch edit get lost? Per layer of each chain: intended vs realised change (issue 13, item 3).
+"""Where does a batch edit get lost? Per layer of each chain: intended vs realised change.
 
 Edits the first N WikiData_counterfact records with a batch method (MEMIT, AlphaEdit or IntAttn-Edit, the
 method's own code) and prints the account its chain steps keep (methods.memit.memit_chain; mean over records,

@@ -1,4 +1,4 @@
-"""Where does FT's bfloat16 Fluency gap come from? (RESULTS.md, "FT at T = 100 in bfloat16 with both fixes")
+"""Where does FT's bfloat16 Fluency gap come from? (docs/history.md, "bfloat16 tables")
 
     python experiments/ft_bfloat16_source.py rounding   # 20 FT edits per dtype: intended vs realised change
     python experiments/ft_bfloat16_source.py cross      # float32 FT edit of 100 records, evaluated in bfloat16

@@ -1,4 +1,4 @@
-"""Do Gemma-3's ROME targets sit at the clamp? (RESULTS.md, "Gemma-3 ROME in a sequence")
+"""Do Gemma-3's ROME targets sit at the clamp? (docs/history.md, "Gemma-3: how the current setup was found")
 
     python experiments/gemma_rome_targets_at_clamp.py
 

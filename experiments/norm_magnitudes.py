@@ -1,5 +1,5 @@
 """Sizes at the last subject token per layer: residual |h|, W_out's output |v| before and |norm(v)| after the
-post-FFN norm, the norm's gains, and the size of MEMIT's target delta (RESULTS.md, Gemma-3 pre-norm targets).
+post-FFN norm, the norm's gains, and the size of MEMIT's target delta (docs/history.md, "Gemma-3: how the current setup was found").
 
     python experiments/norm_magnitudes.py --model gemma3-270m --n 10 --layers 3 4 5 6 7
 """

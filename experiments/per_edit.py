@@ -1,11 +1,11 @@
 """How big is each edit of a sequence? Reads the `per_edit` stats of sequential cells (ROME / R-ROME).
 
-    python experiments/per_edit.py results/table2/gemma3-270m-rome-current/cells/rome-T30.json [more cells]
+    python experiments/per_edit.py runs/t2-gemma/cells/rome-T30.json [more cells]
 
 Per segment of the sequence (edits 1-10, 11-30, 31-100, ...): the mean and largest |Delta| / |W| (the
 rank-one update against the weight it is added to), the edited weight's norm at the segment's first and
 last edit, and the mean target norm. A weight that grows edit after edit, or targets that grow with it,
-is a sequence running away (RESULTS.md, "Gemma-3 ROME in a sequence").
+is a sequence running away (docs/history.md, "Gemma-3: how the current setup was found").
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def describe(path: str) -> list[str]:
     lines = [f"{path}: T={cell['T']} Edit Succ. {cell['edit_succ']:.2f} Locality {cell['locality']:.2f} "
              f"Fluency {cell['fluency']:.1f}"]
     if not edits:
-        return lines + ["  no per-edit norms in this cell (not a ROME / R-ROME sequence, or made before session 17)"]
+        return lines + ["  no per-edit norms in this cell (not a ROME / R-ROME sequence, or made before commit ab6d0dc)"]
     rel = [e["delta_norm"] / e["weight_norm"] for e in edits]
     for a, b in SEGMENTS:
         seg = edits[a:b]

@@ -1,4 +1,4 @@
-"""Do the optimised targets work on a model? (issue 13, item 2)
+"""Do the optimised targets work on a model?
 
 For the first N WikiData_counterfact records: optimise each record's target delta with a method's
 target settings (its YAML plus --set overrides), add it to the residual at the z layer (no weight

@@ -1,4 +1,4 @@
-"""Collect the first K facts of an unfinished `intattn trace` store (issue 13: the 1.5B trace spans sessions).
+"""Collect the first K facts of an unfinished `intattn trace` store (e.g. a long trace still running).
 
 Copies the longest fully traced prefix of SRC's selection (K facts) into OUT/facts with a K-fact selection.json,
 so `intattn trace --collect --out OUT` writes alpha, effects.csv and the figures for those K facts without

@@ -101,6 +101,6 @@ def test_bad_arguments_are_refused_before_loading(argv, message, capsys):
 
 @pytest.mark.real_model
 def test_check_smollm_mechanics(smollm):
-    """The mechanics rows only (~35 s here under load); the edit rows take minutes: README has a full run."""
+    """The mechanics rows only (~35 s here under load); the edit rows take minutes: docs/models.md has full runs."""
     rows = check.run_checks(smollm, [])
     assert all(r.ok for r in rows), check.format_rows(rows)

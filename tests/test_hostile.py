@@ -1,6 +1,6 @@
 """Hostile input: settings that cannot silently change, work that is never lost, caches that cannot lie.
 
-Each test is one class of bad or edge input (issue 16); all run on the tiny random model, most before any
+Each test is one class of bad or edge input; all run on the tiny random model, most before any
 model is loaded at all.
 """
 

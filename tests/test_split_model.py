@@ -15,7 +15,7 @@ tensor bit-for-bit, evaluation and generation agree.
 What it cannot prove without two GPUs: every module here *executes* on the CPU, so a tensor left on the
 wrong device cannot raise. The code moves activations with a few helpers (devices.py, `Llama.at`, the
 `.to(...)` where partial forwards end and where two layers' tensors meet), but a cross-device operation we
-missed would only show up on a real multi-GPU split (README: "Models larger than one device").
+missed would only show up on a real multi-GPU split (docs/models.md: "Models larger than one device").
 """
 
 import json

@@ -7,4 +7,4 @@ __all__ = [
     "DEFAULT_MODEL", "KNOWN_MODELS", "EditRecord", "KnownFact", "LoadedModel", "ModelSpec", "Probe",
     "load_edits", "load_known_facts", "load_model",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # keep equal to pyproject.toml (tests/test_version.py)

@@ -20,12 +20,42 @@ COMMANDS = {
 }
 
 
+class _Version(argparse.Action):
+    """`intattn --version`: the installed package version and the commit of the checkout the code runs from."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_string())
+        parser.exit()
+
+
+def version_string() -> str:
+    """`intattn-tl 0.2.0 (commit 1234abcd5678)`: the version from the installed package's metadata, the commit
+    from `git rev-parse` of the package's checkout ("+changes" if src/ differs from it), "unknown" outside git."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from . import __version__
+    from .settings import code_version
+
+    try:
+        installed = version("intattn-tl")
+    except PackageNotFoundError:
+        installed = __version__
+    text = f"intattn-tl {installed} (commit {code_version()['git'] or 'unknown'})"
+    if installed != __version__:
+        text += f"; the imported code is {__version__}: reinstall (make setup) to update the metadata"
+    return text
+
+
 def _module(name: str):
     return importlib.import_module(f"intattn_tl.commands.{name}")
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intattn", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    parser.add_argument("--version", action=_Version, help="print the version and the code's git commit, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
     wanted = next((a for a in (argv or []) if a in COMMANDS), None)
     for name, help_text in COMMANDS.items():

@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import replace
 
-# Rough CPU seconds per edited record on SmolLM2-135M (README's per-phase profile, bfloat16). Only the ORDER in
+# Rough CPU seconds per edited record on SmolLM2-135M (docs/performance.md, the per-phase profile in bfloat16). Only the ORDER in
 # which work items are handed out depends on them: longest first, so the long edit sequences start at once
 # and the batch cells fill in around them, and the first batch cell to optimise all T targets (MEMIT at the
 # largest T) runs before the cells that reuse them from the disk cache.
