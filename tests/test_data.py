@@ -75,3 +75,25 @@ def test_as_dataset_roundtrip():
     ds = data.as_dataset(data.load_edits("wiki_counterfact", limit=4))
     assert ds.num_rows == 4 and ds[0]["subject"] == "Leonardo DiCaprio"
     assert {p["kind"] for p in ds[0]["portability"]} == {"Reasoning", "Subject_Aliasing"}
+
+
+def test_packaged_copies_are_found_without_any_data_folder(tmp_path, monkeypatch):
+    """A fresh install (no $INTATTN_DATA, no folder beside the checkout) reads the copies in the package,
+    decompressed into the cache and verified; a damaged cached copy is written again, never served."""
+    monkeypatch.delenv("INTATTN_DATA", raising=False)
+    monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))
+    path = data.data_path("zsre")
+    assert path.is_relative_to(tmp_path / "cache") and data.sha256_file(path) == data.FILES["zsre"].sha256
+    assert len(data.load_edits("zsre")) == 1301
+    path.write_text("[]")  # damaged in the cache
+    assert data.sha256_file(data.data_path("zsre")) == data.FILES["zsre"].sha256
+    for name in data.FILES:  # every file the toolkit reads ships, and decompresses to the manifest's content
+        assert data.sha256_file(data.data_path(name)) == data.FILES[name].sha256
+
+
+def test_explicit_folder_wins_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTATTN_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"INTATTN_DATA.*unset it to use the copies shipped"):
+        data.data_path("zsre")
+    with pytest.raises(DataError, match="the data folder given"):
+        data.data_path("zsre", tmp_path)

@@ -290,14 +290,14 @@ def test_out_of_order_rollback_is_refused_and_newest_first_is_exact(tiny_llama):
 
 def test_data_dir_is_used_for_the_corpus(tmp_path, no_model, capsys):
     from intattn_tl.covariance import corpus_source
-    from intattn_tl.paths import data_dir
+    from intattn_tl.data import data_path
 
     (tmp_path / "knowedit").mkdir()
-    (tmp_path / "knowedit" / "wiki_counterfact-test.json").symlink_to(data_dir() / "knowedit" / "wiki_counterfact-test.json")
+    (tmp_path / "knowedit" / "wiki_counterfact-test.json").symlink_to(data_path("wiki_counterfact"))
     assert main([*EDIT, "--data-dir", str(tmp_path)]) == 2  # no corpus in that folder: said so, before the model
     assert f"{tmp_path}/corpus/wikitext-2-raw-test.txt not found" in _err(capsys)
     (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus" / "wikitext-2-raw-test.txt").symlink_to(data_dir() / "corpus" / "wikitext-2-raw-test.txt")
+    (tmp_path / "corpus" / "wikitext-2-raw-test.txt").symlink_to(data_path("wikitext2"))
     assert corpus_source(tmp_path / "corpus" / "wikitext-2-raw-test.txt")[0] == "wikitext2"  # same statistics key
 
 

@@ -1,18 +1,26 @@
 """Benchmark loaders: KnowEdit ZsRE / WikiData_counterfact, CounterFact, known_1000, MQuAKE-hard, WikiText-2.
 
-Every file is checked against the sha256 in `shared/data/MANIFEST.md` before it is parsed. Edit requests
+Every file is checked against the sha256 in the benchmark MANIFEST.md before it is parsed. Edit requests
 of every benchmark become one record type, `EditRecord`.
+
+Where the files come from, first match wins: an explicit folder (`data_dir=` / `--data-dir`), then
+`$INTATTN_DATA`, then the gzip-compressed copies shipped inside the package (`benchmarks/`, licences in
+`benchmarks/LICENSES.md`), decompressed once into the cache (`paths.cache_dir() / "benchmarks"`) and
+verified on every use. `load_hub_knowedit` fetches KnowEdit from the Hugging Face hub instead (needs a
+network; not tested here).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .checks import check_limit
-from .paths import data_dir
+from .paths import cache_dir, data_dir, packaged_data_dir
+from .store import _atomic
 
 
 class DataError(ValueError):
@@ -96,18 +104,38 @@ def sha256_file(path: Path) -> str:
 
 
 def data_path(name: str, root: str | Path | None = None, verify: bool = True) -> Path:
-    """The verified path of benchmark file `name` (a key of FILES)."""
+    """The verified path of benchmark file `name` (a key of FILES): in `root`, else in `$INTATTN_DATA`, else
+    the packaged copy (decompressed into the cache)."""
     if name not in FILES:
         raise DataError(f"Unknown benchmark {name!r}; known: {', '.join(FILES)}")
     spec = FILES[name]
-    path = Path(root or data_dir()) / spec.path
+    folder = Path(root) if root else data_dir()
+    if folder is None:
+        return _unpacked(spec)
+    path = folder / spec.path
     if not path.is_file():
-        raise DataError(
-            f"Benchmark file {path} not found. Set INTATTN_DATA (or pass data_dir) to the folder holding "
-            f"MANIFEST.md; it is ../shared/data next to a checkout."
-        )
+        source = "the data folder given" if root else "$INTATTN_DATA"
+        raise DataError(f"Benchmark file {path} not found in {source} ({folder}): point it at a folder laid out as "
+                        f"MANIFEST.md says, or unset it to use the copies shipped with the package")
     if verify and (digest := sha256_file(path)) != spec.sha256:
         raise DataError(f"{path} has sha256 {digest}, the manifest says {spec.sha256}: the file is corrupt or changed")
+    return path
+
+
+def _unpacked(spec: DataFile) -> Path:
+    """The packaged copy of `spec`, decompressed into the cache; a cached copy is used only if its sha256 is
+    the manifest's, otherwise it is written again (atomically)."""
+    path = cache_dir() / "benchmarks" / spec.path
+    if path.is_file() and sha256_file(path) == spec.sha256:
+        return path
+    packed = packaged_data_dir() / f"{spec.path}.gz"
+    if not packed.is_file():
+        raise DataError(f"the packaged benchmark copy {packed} is missing: reinstall intattn-tl, or set INTATTN_DATA")
+    data = gzip.decompress(packed.read_bytes())
+    if (digest := hashlib.sha256(data).hexdigest()) != spec.sha256:
+        raise DataError(f"{packed} decompresses to sha256 {digest}, the manifest says {spec.sha256}: reinstall intattn-tl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
     return path
 
 

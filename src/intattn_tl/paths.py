@@ -22,12 +22,13 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def data_dir() -> Path:
-    """`$INTATTN_DATA`, else `../shared/data` next to the checkout (or the working directory)."""
-    if env := os.environ.get("INTATTN_DATA"):
-        return Path(env)
-    for base in (project_root(), Path.cwd()):
-        candidate = base.parent / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return project_root().parent / "shared" / "data"
+def data_dir() -> Path | None:
+    """`$INTATTN_DATA` (a folder laid out as the benchmark MANIFEST.md says), else None: the copies that ship
+    inside the package (data.data_path)."""
+    env = os.environ.get("INTATTN_DATA")
+    return Path(env) if env else None
+
+
+def packaged_data_dir() -> Path:
+    """The gzip-compressed benchmark copies inside the installed package (see benchmarks/LICENSES.md)."""
+    return Path(__file__).resolve().parent / "benchmarks"

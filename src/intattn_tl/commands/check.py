@@ -275,7 +275,7 @@ def add_arguments(p) -> None:
     p.add_argument("--stats-tokens", type=int, default=20_000,
                    help="WikiText tokens for the check's key statistics (default 20000; the methods' YAML use "
                         "100000: the check tests the mechanics, not the final numbers)")
-    p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
+    p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA, else the copies shipped with the package)")
     p.add_argument("--device", default="cpu")
     add_dtype_argument(p)
     add_placement_arguments(p)

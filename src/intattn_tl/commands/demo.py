@@ -42,7 +42,7 @@ def add_arguments(p) -> None:
                         "(a GPU, a CPU with avx512_bf16 / AMX), float32 elsewhere")
     p.add_argument("--fluency-len", type=integer(lo=1), default=100, help="tokens per fluency sample, prompt included (default 100)")
     p.add_argument("--greedy-len", type=integer(lo=1), default=16, help="new tokens of the before/after continuation (default 16)")
-    p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
+    p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA, else the copies shipped with the package)")
     p.add_argument("--device", default="cpu", type=device)
     p.add_argument("--threads", type=integer(lo=1), help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

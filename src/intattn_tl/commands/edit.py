@@ -30,7 +30,7 @@ def add_arguments(p) -> None:
                    help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
     p.add_argument("--no-fluency", action="store_true", help="skip text generation in the evaluation")
     p.add_argument("--no-eval", action="store_true", help="edit only; print no metrics table")
-    p.add_argument("--data-dir", help="benchmark folder, WikiText-2 included (default $INTATTN_DATA or ../shared/data)")
+    p.add_argument("--data-dir", help="benchmark folder, WikiText-2 included (default $INTATTN_DATA, else the copies shipped with the package)")
     p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
     add_placement_arguments(p)

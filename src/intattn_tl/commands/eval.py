@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
                    help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
     p.add_argument("--out", type=out_file, help="write the per-record metrics to this CSV")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless you configured W&B)")
-    p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA or ../shared/data)")
+    p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA, else the copies shipped with the package)")
     p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
     add_placement_arguments(p)

@@ -1,0 +1,129 @@
+"""`intattn edit`: apply a batch of edits with one method and print the pre/post metrics table."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import yaml
+
+
+def add_arguments(p) -> None:
+    from ..checks import device, in_file, integer, out_file, real
+    from ..data import EDIT_DATASETS
+    from ..editing import MAX_PROMPT_TOKENS
+    from ..models import DEFAULT_MODEL
+    from . import add_dtype_argument, add_placement_arguments
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
+    p.add_argument("--method", default="intattn", help="intattn, memit, alphaedit, rome, r-rome, ft (default intattn)")
+    p.add_argument("--dataset", default="wiki_counterfact", choices=EDIT_DATASETS)
+    p.add_argument("--limit", type=integer(lo=0), default=100, help="first N records (default 100; 0 = all)")
+    p.add_argument("--alpha", type=real(0, 1), help="IntAttn-Edit's attention share (default: the tracing result)")
+    p.add_argument("--hparams", type=in_file, help="YAML hyperparameter file (default hparams/<method>/<model>.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hyperparameter (YAML value), e.g. --set mom2_n_samples=20000; repeatable")
+    p.add_argument("--batch-size", type=integer(lo=0), default=0,
+                   help="sequential editing: batches of B records one after another (default 0: all at once)")
+    p.add_argument("--save", type=out_file, help="write the weight deltas here (load with editing.apply_saved)")
+    p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
+                   help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
+    p.add_argument("--no-fluency", action="store_true", help="skip text generation in the evaluation")
+    p.add_argument("--no-eval", action="store_true", help="edit only; print no metrics table")
+    p.add_argument("--data-dir", help="benchmark folder, WikiText-2 included (default $INTATTN_DATA, else the copies shipped with the package)")
+    p.add_argument("--device", default="cpu", type=device)
+    add_dtype_argument(p)
+    add_placement_arguments(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def parse_overrides(items: list[str], alpha: float | None) -> dict:
+    from ..hparams import HparamsError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise HparamsError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise HparamsError(f"--set {item!r}: {value!r} is not a YAML value") from None
+    if alpha is not None:
+        out["alpha"] = alpha
+    return out
+
+
+def batches(records: list, size: int) -> list[list]:
+    if size < 0:
+        from ..editing import EditError
+
+        raise EditError(f"--batch-size must be >= 0, got {size}")
+    size = size or len(records)
+    return [records[i:i + size] for i in range(0, len(records), size)]
+
+
+def merged(results: list):
+    """One EditResult covering sequential batches: the first original of each weight, deltas summed."""
+    from ..editing import EditResult, WeightTransaction
+
+    first = results[0]
+    tx = WeightTransaction(first.model)
+    for r in results:
+        for key, original in r.tx.originals.items():
+            tx.originals.setdefault(key, original)
+        for key, delta in r.tx.deltas.items():
+            tx.deltas[key] = tx.deltas[key] + delta if key in tx.deltas else delta.clone()
+        tx.after.update(r.tx.after)
+    return EditResult(model=first.model, method=first.method, hparams=first.hparams,
+                      records=[x for r in results for x in r.records], tx=tx, stats=results[-1].stats)
+
+
+def run(args) -> int:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    from ..covariance import CovarianceError
+    from ..data import data_path, load_edits
+    from ..editing import EditError, EditState, check_hparams, check_lengths, edit
+    from ..hparams import HparamsError, load_hparams
+    from ..models import load_model
+    from . import placement
+
+    try:  # everything that can be checked without the model, before loading it
+        hp = load_hparams(args.method, args.model, parse_overrides(args.overrides, args.alpha), path=args.hparams)
+        if args.data_dir and getattr(hp, "mom2_dataset", "") is None:  # WikiText-2 from --data-dir, same cache key
+            hp.mom2_dataset = str(data_path("wikitext2", args.data_dir))
+        records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
+        groups = batches(records, args.batch_size)
+        model = load_model(args.model, dtype=args.dtype, **placement(args))
+        check_hparams(args.method, hp, model)
+        check_lengths(model, records, args.max_prompt_tokens)
+        if not args.no_eval:
+            from ..evaluate import EvalConfig, evaluate, locality_reference, summarize
+
+            cfg = EvalConfig(fluency=not args.no_fluency, progress=not args.quiet)
+            ref = locality_reference(model, records, cfg)
+            pre = summarize(evaluate(model, records, cfg, locality_ref=ref))
+        t0 = time.time()
+        state, results = EditState(), []
+        for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
+            results.append(edit(model, group, args.method, hp, state, progress=not args.quiet,
+                                max_prompt_tokens=args.max_prompt_tokens))
+        t_edit = time.time() - t0
+    except (EditError, HparamsError, CovarianceError, ValueError) as err:
+        print(f"intattn edit: error: {err}", file=sys.stderr)
+        return 2
+    label = {"model": args.model, "method": args.method, "dataset": args.dataset, "n": str(len(records))}
+    if not args.no_eval:
+        from ..evaluate import format_table
+
+        post = summarize(evaluate(model, records, cfg, locality_ref=ref))
+        print(format_table([{**label, "": "pre", **pre}, {**label, "": "post", **post}]))
+    alpha = results[-1].stats.get("alpha")
+    print(f"\n{len(records)} edits in {len(groups)} batch(es), {t_edit:.1f}s"
+          + (f"; alpha={alpha:.3f}" if alpha is not None else ""))
+    if args.save:
+        print(f"deltas: {merged(results).save(args.save)}")
+    return 0
