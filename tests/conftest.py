@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if not os.environ.get("OMP_NUM_THREADS"):  # an explicit thread count (a loaded machine) is kept
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def _load(name):

@@ -17,6 +17,8 @@ COMMANDS = {
     "reproduce": "reproduce the paper's tables and figures",
     "check": "check that the toolkit's hooks, matrices and edits work on a model before trusting its numbers",
     "demo": "the method in miniature: trace a fact, read alpha, edit with MEMIT and IntAttn-Edit, evaluate, roll back",
+    "apply": "apply a saved edit to its model and export the edited model as a Hugging Face checkpoint",
+    "generate": "greedy continuations of prompts, before and after a saved edit",
 }
 
 

@@ -179,6 +179,11 @@ def _saved_deltas(model: LoadedModel, path: str | Path) -> tuple[dict, dict[tupl
     return meta, deltas
 
 
+def saved_meta(model: LoadedModel, path: str | Path) -> dict:
+    """What an edit file records (method, settings, records, fingerprints, code), checked against `model`."""
+    return _saved_deltas(model, path)[0]
+
+
 def apply_saved(model: LoadedModel, path: str | Path, check: bool = True) -> WeightTransaction:
     """Apply an edit file written by `EditResult.save`: all of it or nothing (also on Ctrl-C).
 

@@ -292,6 +292,13 @@ def sample_texts(model: LoadedModel, prompts: list[str], max_len: int = 100, top
     return texts
 
 
+def greedy_continuation(model: LoadedModel, prompt: str, n_new: int) -> str:
+    """The greedy continuation of `prompt`, `n_new` tokens, without the prompt."""
+    n_prompt = len(prompt_ids(model.tokenizer, prompt))
+    text = sample_texts(model, [prompt], max_len=n_prompt + n_new, do_sample=False)[0]
+    return text[len(prompt):] if text.startswith(prompt) else text
+
+
 # ----------------------------------------------------------------------------- records -> rows
 
 

@@ -184,12 +184,9 @@ def warm_caches(model, records, hps: dict, quiet: bool) -> None:
 
 
 def greedy(model, prompt: str, n_new: int) -> str:
-    from ..evaluate import sample_texts
-    from ..tokens import prompt_ids
+    from ..evaluate import greedy_continuation
 
-    n_prompt = len(prompt_ids(model.tokenizer, prompt))
-    text = sample_texts(model, [prompt], max_len=n_prompt + n_new, do_sample=False)[0]
-    return text[len(prompt):] if text.startswith(prompt) else text
+    return greedy_continuation(model, prompt, n_new)
 
 
 def plot_metrics(rows: list[dict], title: str):
