@@ -230,3 +230,29 @@ def test_kind_subsets_equal_the_full_grid(tiny_llama):
     full = trace_fact(tiny_llama, *FACT, n_samples=3, window=3, seed=1)
     for kind in part.kinds:
         np.testing.assert_allclose(part.logit_diff[part.kind(kind)], full.logit_diff[full.kind(kind)], atol=2e-5)
+
+
+def test_trace_command_on_your_own_facts(tmp_path, capsys):
+    from intattn_tl.cli import main
+
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text(json.dumps({"prompt": "Bobo plays the", "subject": "Bobo", "attribute": "oboe"}) + "\n")
+    rc = main(["trace", "--model", "tiny-llama", "--fact", FACT[0], FACT[1], "--facts-file", str(facts),
+               "--out", str(tmp_path / "out"), "--samples", "2", "--window", "2", "--kinds", "attn,mlp",
+               "--attn-width", "1", "--mlp-width", "1", "--min-ld-gap=-inf"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "fact fact-0:" in out and "'oboe'" in out  # the first fact's answer is the model's own; the file's is kept
+    assert sorted(p.name for p in (tmp_path / "out" / "facts").glob("*.npz")) == ["fact-0.npz", "fact-1.npz"]
+    # a fact whose subject is not in its prompt, and own facts with --install-defaults, are refused before work
+    import intattn_tl.models as models
+
+    real_load = models.load_model
+    models.load_model = lambda *a, **k: pytest.fail("the model loaded before the facts were checked")
+    try:
+        assert main(["trace", "--model", "tiny-llama", "--fact", "Some prompt", "Nobody", "--out", str(tmp_path / "x")]) == 2
+    finally:
+        models.load_model = real_load
+    assert "does not occur in prompt" in capsys.readouterr().err
+    assert main(["trace", "--model", "tiny-llama", "--fact", FACT[0], FACT[1], "--install-defaults",
+                 "--out", str(tmp_path / "y")]) == 2

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .data import DataError, EditRecord, Probe, _probes, answers, validate
+from .data import DataError, EditRecord, KnownFact, Probe, _probes, answers, validate
 from .evaluate import greedy_continuation
 from .models import LoadedModel
 
@@ -88,7 +88,7 @@ def edit_records(model: LoadedModel, items, prefix: str = "fact") -> list[EditRe
             for rec, req in zip(records, requests)]
 
 
-def read_requests(path: str | Path) -> list[EditRequest]:
+def read_requests(path: str | Path, target_needed: bool = True) -> list[EditRequest]:
     """Edit requests from a .json, .jsonl or .csv file (module docstring), each checked for its fields."""
     path = Path(path)
     if not path.is_file():
@@ -107,4 +107,39 @@ def read_requests(path: str | Path) -> list[EditRequest]:
             raise DataError(f"requests file {path}: use .json, .jsonl or .csv")
     except json.JSONDecodeError as err:
         raise DataError(f"requests file {path} is not valid JSON: {err}") from None
+    if not target_needed:  # facts to trace: an answer, if any, comes as attribute / answer / ground_truth
+        items = [{"target_new": "", **item, "ground_truth": item.get("attribute") or item.get("answer")
+                  or item.get("ground_truth")} for item in items]
     return [as_request(item, f"{path} entry {i}") for i, item in enumerate(items)]
+
+
+def checked_trace_facts(items) -> list[tuple[str, str, str | None]]:
+    """(prompt, subject, answer or None) per fact: (prompt, subject[, answer]) tuples or dicts with prompt,
+    subject and optional attribute / answer / ground_truth; each checked, before any model is needed."""
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            item = (item.get("prompt"), item.get("subject"),
+                    item.get("attribute") or item.get("answer") or item.get("ground_truth"))
+        if not (isinstance(item, (tuple, list)) and len(item) in (2, 3) and all(isinstance(x, str) for x in item[:2])):
+            raise DataError(f"fact {i}: expected (prompt, subject[, answer]), got {item!r}")
+        prompt, subject, answer = item[0], item[1], item[2] if len(item) == 3 else None
+        if not subject.strip() or subject not in prompt:
+            raise DataError(f"fact {i}: subject {subject!r} does not occur in prompt {prompt!r}")
+        out.append((prompt, subject, answer))
+    if not out:
+        raise DataError("no fact given")
+    return out
+
+
+def trace_facts(model: LoadedModel, items) -> list[KnownFact]:
+    """Facts to trace (see `checked_trace_facts`), ids fact-0, fact-1, ...; without an answer, the model's own
+    greedy answer is traced."""
+    return [KnownFact(f"fact-{i}", prompt, subject, answer or own_answer(model, prompt), "")
+            for i, (prompt, subject, answer) in enumerate(checked_trace_facts(items))]
+
+
+def read_trace_facts(path: str | Path) -> list[dict]:
+    """Facts to trace from a .json / .jsonl / .csv file: prompt, subject, optional attribute (or answer)."""
+    return [{"prompt": r.prompt, "subject": r.subject, "attribute": r.ground_truth[0] if r.ground_truth else None}
+            for r in read_requests(path, target_needed=False)]

@@ -27,6 +27,11 @@ def add_arguments(p) -> None:
 
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--facts", type=integer(lo=1), default=100, help="trace this many facts the model knows (known_1000)")
+    p.add_argument("--fact", nargs="+", action="append", metavar=("PROMPT SUBJECT", "ANSWER"),
+                   help="trace your own fact instead of known_1000: PROMPT SUBJECT [ANSWER] (default ANSWER: the "
+                   "model's own greedy answer); repeatable")
+    p.add_argument("--facts-file", metavar="FILE", help="your own facts from a .json / .jsonl / .csv file (prompt, "
+                   "subject, optional attribute)")
     p.add_argument("--out", required=True, type=out_dir, help="output folder (also gets the alpha/layers JSON)")
     p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1, ...")
     p.add_argument("--samples", type=integer(lo=1), default=10, help="noise samples per fact")
@@ -69,7 +74,8 @@ def shard(text: str) -> tuple[int, int]:
 
 
 def run(args) -> int:
-    from ..data import load_known_facts
+    from ..data import DataError, load_known_facts
+    from ..facts import checked_trace_facts, read_trace_facts, trace_facts
     from ..models import load_model
     from ..tracing import KINDS, TraceError, read_store, trace_dataset
     from . import placement
@@ -91,14 +97,32 @@ def run(args) -> int:
               f"changes the package defaults); got --facts {args.facts}", file=sys.stderr)
         return 2
     kinds = tuple(args.kinds) if args.kinds else KINDS
+    own = [tuple(f) for f in args.fact or []]
+    bad = [f for f in own if len(f) not in (2, 3)]
+    if bad:
+        raise DataError(f"--fact takes PROMPT SUBJECT [ANSWER], got {len(bad[0])} value(s): {bad[0]}")
+    if args.facts_file:
+        own += [tuple(v for v in (f["prompt"], f["subject"], f["attribute"]) if v) for f in read_trace_facts(args.facts_file)]
+    if own:
+        checked_trace_facts(own)  # before the model loads
+    if own and (args.collect or args.install_defaults):
+        raise DataError("--fact / --facts-file trace your facts now: they neither --collect shards nor "
+                        "--install-defaults (the package defaults come from known_1000)")
     if not args.collect:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         model = load_model(args.model, dtype=args.dtype, **placement(args))
+        facts = trace_facts(model, own) if own else load_known_facts()
+        if own:
+            args.facts = len(facts)
+            for f in facts:
+                print(f"fact {f.id}: {f.prompt!r} -> {f.attribute!r} (subject {f.subject!r})")
         try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
-            trace = trace_dataset(model, load_known_facts(), args.facts, n_samples=args.samples,
+            trace = trace_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
                                   noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
-                                  store=out / "facts", settings={"model": args.model, "dtype": args.dtype},
+                                  store=out / "facts", settings={"model": args.model, "dtype": args.dtype,
+                                                                 **({"own_facts": [[f.prompt, f.subject, f.attribute]
+                                                                                   for f in facts]} if own else {})},
                                   shard=args.shard)
         except TraceError as err:
             print(f"intattn trace: {err}", file=sys.stderr)
