@@ -60,3 +60,24 @@ def test_request_files(tmp_path, suffix):
         read_requests(bad)
     with pytest.raises(DataError, match="not found"):
         read_requests(tmp_path / "missing.csv")
+
+
+def test_edit_cli_with_your_own_facts_and_export(tmp_path, capsys):
+    from intattn_tl.cli import main
+
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"prompt": "Bobo plays the", "subject": "Bobo", "target_new": "oboe",
+                                    "ground_truth": "drums"}) + "\n")
+    args = ["edit", "--model", "tiny-llama", "--method", "memit", "--fact", "The capital of Zorbania is", "Zorbania",
+            "Quix", "--requests", str(requests), "--no-fluency", "--quiet", "--set", "layers=[1,2]",
+            "--set", "mom2_n_samples=256", "--set", "v_num_grad_steps=3", "--set", "use_prefixes=false"]
+    assert main([*args, "--export", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "fact/0: 'The capital of Zorbania is' -> 'Quix'" in out and "(was 'drums')" in out
+    card = json.loads((tmp_path / "out" / "intattn_edits.json").read_text())
+    assert [r["target_new"] for r in card["edits"][0]["requests"]] == ["Quix", "oboe"]
+    # bad requests are refused before the model loads; an existing export folder too
+    assert main([*args[:5], "--fact", "A prompt", "Nobody", "X"]) == 2
+    assert "does not occur in prompt" in capsys.readouterr().err
+    assert main([*args, "--export", str(tmp_path / "out")]) == 2
+    assert "exists" in capsys.readouterr().err

@@ -75,8 +75,11 @@ def _check_metrics(rows: list[dict], reference: list[dict], stage: str) -> None:
         got = case[stage]
         assert math.isclose(row["edit_succ"], float(np.mean(got["rewrite_acc"])), abs_tol=1e-9), (row["id"], stage)
         for group in ("portability", "locality"):
-            for kind, value in _kind_means(got, group).items():
-                assert math.isclose(row[f"{group}.{kind}"], value, abs_tol=1e-9), (row["id"], stage, group, kind)
+            ours = {k.split(".", 1)[1].lower(): v for k, v in row.items() if k.startswith(group + ".")}
+            theirs = {k.lower(): v for k, v in _kind_means(got, group).items()}  # the runner writes "reasoning"
+            assert set(theirs) <= set(ours), (row["id"], stage, group, sorted(theirs), sorted(ours))
+            for kind, value in theirs.items():
+                assert math.isclose(ours[kind], value, abs_tol=1e-9), (row["id"], stage, group, kind, ours[kind], value)
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +150,8 @@ def test_rome_matches_the_reference(qwen, records):
         state = EditState(data={"prefixes": prefixes})  # each record a single edit of the unedited model
         _, D, _ = rome_update(qwen, record, hp, state, consistent=False)
         k_bare = mlp_keys(qwen, [record], layer, [""])[0].double()
-        torch.testing.assert_close(k_bare, arrays[f"k_bare_record{i}"], rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(qwen.spec.w_out[layer].double() @ k_bare, arrays[f"wk_bare_record{i}"],
-                                   rtol=1e-4, atol=1e-5)
+        assert _rel(k_bare, arrays[f"k_bare_record{i}"]) < 1e-5  # the same key up to float noise
+        assert _rel(qwen.spec.w_out[layer].double() @ k_bare, arrays[f"wk_bare_record{i}"]) < 1e-5
         left, right = arrays[f"left_record{i}"], arrays[f"right_record{i}"]  # ΔW = outer(right, left), |left| = 1
         our_right = D @ left  # D = outer(r, u) with u parallel to left: D left = the reference's right
         our_left = D.T @ our_right / our_right.norm() ** 2

@@ -71,9 +71,9 @@ def as_request(item, where: str) -> EditRequest:
                     f"got {type(item).__name__}")
 
 
-def edit_records(model: LoadedModel, items, prefix: str = "fact") -> list[EditRecord]:
-    """EditRecords for `items` (see `as_request`), each checked (subject in prompt, target not empty) before any
-    answer is generated; ids `prefix/i` unless given; missing ground truth = the model's own answer."""
+def checked_records(items, prefix: str = "fact") -> list[EditRecord]:
+    """EditRecords for `items` (see `as_request`), each checked (subject in prompt, target not empty), ids
+    `prefix/i` unless given; a missing ground truth is left as "?" (`edit_records` fills it in)."""
     requests = [as_request(item, f"request {i}") for i, item in enumerate(items)]
     if not requests:
         raise DataError("no edit request given")
@@ -84,8 +84,15 @@ def edit_records(model: LoadedModel, items, prefix: str = "fact") -> list[EditRe
         validate(rec)
     if len({r.id for r in records}) != len(records):
         raise DataError("request ids are not unique")
-    return [rec if req.ground_truth else replace(rec, ground_truth=(own_answer(model, rec.prompt),))
-            for rec, req in zip(records, requests)]
+    return records
+
+
+def edit_records(model: LoadedModel, items, prefix: str = "fact") -> list[EditRecord]:
+    """`checked_records`, then each missing ground truth = the model's own answer to the prompt."""
+    records = checked_records(items, prefix)
+    given = [bool(as_request(item, "").ground_truth) for item in items]
+    return [rec if has else replace(rec, ground_truth=(own_answer(model, rec.prompt),))
+            for rec, has in zip(records, given)]
 
 
 def read_requests(path: str | Path, target_needed: bool = True) -> list[EditRequest]:

@@ -25,7 +25,15 @@ def add_arguments(p) -> None:
                    help="override one hyperparameter (YAML value), e.g. --set mom2_n_samples=20000; repeatable")
     p.add_argument("--batch-size", type=integer(lo=0), default=0,
                    help="sequential editing: batches of B records one after another (default 0: all at once)")
+    p.add_argument("--fact", nargs="+", action="append", metavar=("PROMPT SUBJECT TARGET", "GROUND_TRUTH"),
+                   help="edit your own fact instead of a benchmark: PROMPT SUBJECT TARGET [GROUND_TRUTH] (default "
+                        "ground truth: the model's own answer); repeatable")
+    p.add_argument("--requests", type=in_file, metavar="FILE",
+                   help="your own edit requests: .json / .jsonl / .csv with EasyEdit's fields (prompt, subject, "
+                        "target_new, optional ground_truth, rephrase_prompt, locality, portability)")
     p.add_argument("--save", type=out_file, help="write the weight deltas here (load with editing.apply_saved)")
+    p.add_argument("--export", metavar="DIR", help="write the edited model here as a Hugging Face checkpoint "
+                   "(safetensors + tokenizer + a model card recording the edits)")
     p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
                    help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
     p.add_argument("--no-fluency", action="store_true", help="skip text generation in the evaluation")
@@ -87,6 +95,7 @@ def run(args) -> int:
     from ..covariance import CovarianceError
     from ..data import data_path, load_edits
     from ..editing import EditError, EditState, check_hparams, check_lengths, edit
+    from ..facts import checked_records, edit_records
     from ..hparams import HparamsError, load_hparams
     from ..models import load_model
     from . import placement
@@ -95,9 +104,17 @@ def run(args) -> int:
         hp = load_hparams(args.method, args.model, parse_overrides(args.overrides, args.alpha), path=args.hparams)
         if args.data_dir and getattr(hp, "mom2_dataset", "") is None:  # WikiText-2 from --data-dir, same cache key
             hp.mom2_dataset = str(data_path("wikitext2", args.data_dir))
-        records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
+        if args.export and Path(args.export).exists():
+            raise EditError(f"--export {args.export} exists; choose a new folder")
+        own = own_requests(args)
+        records = checked_records(own) if own else load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
         groups = batches(records, args.batch_size)
         model = load_model(args.model, dtype=args.dtype, **placement(args))
+        if own:  # the model's own answers stand in for missing ground truths
+            records = edit_records(model, own)
+            groups = batches(records, args.batch_size)
+            for r in records:
+                print(f"{r.id}: {r.prompt!r} -> {r.target_new!r} (was {r.ground_truth[0]!r})")
         check_hparams(args.method, hp, model)
         check_lengths(model, records, args.max_prompt_tokens)
         if not args.no_eval:
@@ -115,7 +132,8 @@ def run(args) -> int:
     except (EditError, HparamsError, CovarianceError, ValueError) as err:
         print(f"intattn edit: error: {err}", file=sys.stderr)
         return 2
-    label = {"model": args.model, "method": args.method, "dataset": args.dataset, "n": str(len(records))}
+    label = {"model": args.model, "method": args.method, "dataset": "own facts" if own else args.dataset,
+             "n": str(len(records))}
     if not args.no_eval:
         from ..evaluate import format_table
 
@@ -126,4 +144,21 @@ def run(args) -> int:
           + (f"; alpha={alpha:.3f}" if alpha is not None else ""))
     if args.save:
         print(f"deltas: {merged(results).save(args.save)}")
+    if args.export:
+        from ..export import edit_card, export_model
+
+        print(f"edited model: {export_model(model, args.export, [edit_card(r) for r in results])}")
     return 0
+
+
+def own_requests(args) -> list:
+    """--fact / --requests as EditRequests (empty: edit benchmark records)."""
+    from ..data import DataError
+    from ..facts import EditRequest, read_requests
+
+    facts = args.fact or []
+    bad = [f for f in facts if len(f) not in (3, 4)]
+    if bad:
+        raise DataError(f"--fact takes PROMPT SUBJECT TARGET [GROUND_TRUTH], got {len(bad[0])} value(s): {bad[0]}")
+    out = [EditRequest(*f[:3], ground_truth=tuple(f[3:])) for f in facts]
+    return out + (read_requests(args.requests) if args.requests else [])
