@@ -18,8 +18,10 @@ import types
 import typing
 from pathlib import Path
 
+from .errors import IntattnError
 
-class CheckError(ValueError):
+
+class CheckError(IntattnError, ValueError):
     """A value that cannot be used; the message names it."""
 
 

@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .data import FILES
+from .errors import IntattnError
 from .keys import _flat, key_site
 from .models import LoadedModel, weights_fingerprint
 from .paths import cache_dir
@@ -31,7 +32,7 @@ BATCH = 8  # chunks per forward
 FORMAT = 2  # bump when the file layout changes
 
 
-class CovarianceError(RuntimeError):
+class CovarianceError(IntattnError, RuntimeError):
     pass
 
 

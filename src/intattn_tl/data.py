@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .checks import check_limit
+from .errors import IntattnError
 from .paths import data_dir
 
 
-class DataError(ValueError):
+class DataError(IntattnError, ValueError):
     """A benchmark file is missing, corrupt, or holds a record we cannot use."""
 
 

@@ -19,13 +19,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .data import EditRecord, validate
+from .errors import IntattnError
 from .models import LoadedModel
 
 Kind = Literal["w_out", "w_o"]
 KINDS: tuple[Kind, ...] = ("w_out", "w_o")
 
 
-class EditError(RuntimeError):
+class EditError(IntattnError, RuntimeError):
     """An edit failed or was refused; the model's weights are unchanged."""
 
 

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .data import load_edits
 from .editing import EditState, edit, get_method
+from .errors import IntattnError
 from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
@@ -181,7 +182,7 @@ def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int
             result.rollback()
 
 
-class ReproduceError(ValueError):
+class ReproduceError(IntattnError, ValueError):
     """A reproduction that would mix incompatible cells into one folder."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from .errors import IntattnError
 
-class TokenError(ValueError):
+
+class TokenError(IntattnError, ValueError):
     """A subject or answer cannot be located in the tokenized prompt."""
 
 

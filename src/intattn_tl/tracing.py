@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .errors import IntattnError
 from .models import LoadedModel
 from .store import _atomic, read_json, write_json, write_once
 from .tokens import TokenError, answer_ids, prompt_ids, subject_span
@@ -42,7 +43,7 @@ KINDS = ("resid", "attn", "mlp", "attn_window", "mlp_window")
 HOOKS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 
 
-class TraceError(ValueError):
+class TraceError(IntattnError, ValueError):
     """Bad tracing input: the message names the argument or fact."""
 
 
