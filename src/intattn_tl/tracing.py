@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .data import nfc
 from .errors import IntattnError
 from .models import LoadedModel
 from .store import _atomic, read_json, write_json, write_once
@@ -150,6 +151,7 @@ class _Fact:
 
 def _prepare(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fact:
     tok = model.tokenizer
+    prompt, subject, answer = nfc(prompt), nfc(subject), nfc(answer)  # as every record is
     span = subject_span(tok, prompt, subject)  # raises TokenError naming subject and prompt
     ids = prompt_ids(tok, prompt)
     first = answer_ids(tok, prompt, answer)

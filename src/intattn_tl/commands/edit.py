@@ -28,6 +28,12 @@ def add_arguments(p) -> None:
     p.add_argument("--save", type=out_file, help="write the weight deltas here (load with editing.apply_saved)")
     p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
                    help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
+    p.add_argument("--allow-conflicts", action="store_true",
+                   help="edit records with one prompt and subject but different targets as given (the benchmark "
+                        "files hold some; by default such a batch is refused and exact repeats are merged)")
+    p.add_argument("--force", action="store_true",
+                   help="keep an edit that fails the post-edit sanity check (chain statistics far off, or unrelated "
+                        "prompts' next tokens all changed); by default it is rolled back exactly")
     p.add_argument("--no-fluency", action="store_true", help="skip text generation in the evaluation")
     p.add_argument("--no-eval", action="store_true", help="edit only; print no metrics table")
     p.add_argument("--data-dir", help="benchmark folder, WikiText-2 included (default $INTATTN_DATA or ../shared/data)")
@@ -84,6 +90,7 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
+    from ..conflicts import resolve
     from ..covariance import CovarianceError
     from ..data import data_path, load_edits
     from ..editing import EditError, EditState, check_hparams, check_lengths, edit
@@ -96,6 +103,10 @@ def run(args) -> int:
         if args.data_dir and getattr(hp, "mom2_dataset", "") is None:  # WikiText-2 from --data-dir, same cache key
             hp.mom2_dataset = str(data_path("wikitext2", args.data_dir))
         records = load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
+        policy = "allow" if args.allow_conflicts else "refuse"
+        records, repeats = resolve(records, policy)  # the whole request, before the model loads
+        for note in repeats:
+            print(f"intattn edit: note: {note}", file=sys.stderr)
         groups = batches(records, args.batch_size)
         model = load_model(args.model, dtype=args.dtype, **placement(args))
         check_hparams(args.method, hp, model)
@@ -110,7 +121,7 @@ def run(args) -> int:
         state, results = EditState(), []
         for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
             results.append(edit(model, group, args.method, hp, state, progress=not args.quiet,
-                                max_prompt_tokens=args.max_prompt_tokens))
+                                max_prompt_tokens=args.max_prompt_tokens, conflicts=policy, force=args.force))
         t_edit = time.time() - t0
     except (EditError, HparamsError, CovarianceError, ValueError) as err:
         print(f"intattn edit: error: {err}", file=sys.stderr)
