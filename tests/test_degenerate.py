@@ -128,31 +128,20 @@ def opinionated_llama():
     return model
 
 
-def test_a_wrecking_edit_is_rolled_back_exactly(tiny_llama, wreck):
-    before = _weights(tiny_llama)
-    with pytest.raises(InsaneEditError, match=r"rolled back exactly.*w_out.0 changed by \d{3,4}.\dx its own norm"):
-        edit(tiny_llama, [_record(0, "Rome")], "wreck", WreckHparams())
-    assert _weights(tiny_llama) == before
-
-
-def test_an_edit_that_changes_every_unrelated_prediction_is_rolled_back(opinionated_llama, wreck):
-    # the weight-size limit lifted: the probe of neutral prompts alone sees that nothing unrelated survives
-    from intattn_tl.sanity import SanityLimits
-
+def test_an_edit_that_changes_every_unrelated_prediction_is_rolled_back_exactly(opinionated_llama, wreck):
     before = _weights(opinionated_llama)
-    with pytest.raises(InsaneEditError, match=r"unrelated prompts.*KL .* nats.*only 0% kept"):
-        edit(opinionated_llama, [_record(0, "Rome")], "wreck", WreckHparams(scale=10.0),
-             sanity=SanityLimits(max_weight_change=1e4))
+    with pytest.raises(InsaneEditError, match=r"rolled back exactly.*unrelated prompts.*KL .* nats.*only 0% kept"):
+        edit(opinionated_llama, [_record(0, "Rome")], "wreck", WreckHparams(scale=10.0))
     assert _weights(opinionated_llama) == before
     edit(opinionated_llama, [_record(0, "Rome")], "wreck", WreckHparams(scale=0.05)).rollback()  # a small change passes
 
 
-def test_sanity_limits_are_named_settings(tiny_llama, wreck):
+def test_sanity_limits_are_named_settings(opinionated_llama, wreck):
     from intattn_tl.sanity import SanityLimits
 
-    loose = SanityLimits(max_weight_change=1e4)
-    edit(tiny_llama, [_record(0, "Rome")], "wreck", WreckHparams(), sanity=loose).rollback()
-    edit(tiny_llama, [_record(0, "Rome")], "wreck", WreckHparams(), sanity=None).rollback()  # not checked
+    loose = SanityLimits(max_probe_kl=1e3)
+    edit(opinionated_llama, [_record(0, "Rome")], "wreck", WreckHparams(), sanity=loose).rollback()
+    edit(opinionated_llama, [_record(0, "Rome")], "wreck", WreckHparams(), sanity=None).rollback()  # not checked
 
 
 def test_a_runaway_chain_is_rolled_back(tiny_llama, wreck):
@@ -162,13 +151,14 @@ def test_a_runaway_chain_is_rolled_back(tiny_llama, wreck):
     assert _weights(tiny_llama) == before
 
 
-def test_force_keeps_a_wrecking_edit_with_a_warning_and_it_still_rolls_back(tiny_llama, wreck, capsys):
-    before = _weights(tiny_llama)
-    result = edit(tiny_llama, [_record(0, "Rome")], "wreck", WreckHparams(), force=True)
-    assert _weights(tiny_llama) != before and result.stats["sanity"]["problems"]
+def test_force_keeps_a_wrecking_edit_with_a_warning_and_it_still_rolls_back(opinionated_llama, wreck, capsys):
+    before = _weights(opinionated_llama)
+    result = edit(opinionated_llama, [_record(0, "Rome")], "wreck", WreckHparams(), force=True)
+    assert _weights(opinionated_llama) != before and result.stats["sanity"]["problems"]
+    assert result.stats["sanity"]["weight_change"]["w_out.0"] > 100  # recorded, not limited
     assert "kept by force" in capsys.readouterr().err
     result.rollback()
-    assert _weights(tiny_llama) == before
+    assert _weights(opinionated_llama) == before
 
 
 def test_a_normal_edit_passes_and_records_its_probe(tiny_llama, cache):
@@ -179,7 +169,7 @@ def test_a_normal_edit_passes_and_records_its_probe(tiny_llama, cache):
 
 
 def test_cli_refuses_a_wrecking_edit_unless_forced(wreck, cache, capsys, monkeypatch):
-    monkeypatch.setattr("intattn_tl.hparams.load_hparams", lambda *a, **k: WreckHparams())
+    monkeypatch.setattr("intattn_tl.hparams.load_hparams", lambda *a, **k: WreckHparams(scale=1e-6, chain_ratio=50.0))
     argv = ["edit", "--model", "tiny-llama", "--limit", "1", "--no-eval", "--quiet", "--method", "wreck"]
     assert main(argv) == 2
     assert "rolled back exactly" in _err(capsys)

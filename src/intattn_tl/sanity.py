@@ -37,10 +37,6 @@ class SanityLimits:
     """Beyond these an edit is rolled back (or kept with force=True and a warning)."""
 
     max_chain_ratio: float = 10.0  # |realised| / |intended| of any chain step's cumulative change (normal: <= 1.2)
-    # |dW| / |W| (Frobenius) of any edited weight, per edit (a one-at-a-time method's total over n edits / n).
-    # Normal: SmolLM2 MEMIT 0.06-0.12; ROME updates 7-28 % of |W| each, Gemma-3's runaway sequence (|W| 17 ->
-    # 1729 in 30 edits) 3.4 per edit; MEMIT on statistics from 300 words: 4.5-205.
-    max_weight_change: float = 10.0
     # Mean KL(before || after) of the next token on NEUTRAL_PROMPTS in nats, together with fewer than this
     # share of prompts keeping their most likely token. SmolLM2 MEMIT on 10 records: 0.001 and 100 %; on
     # statistics from 300 words: 15.8 and 0 %.
@@ -80,11 +76,11 @@ def chain_steps(stats: dict) -> list[dict]:
 
 
 def problems(stats: dict, change: dict, limits: SanityLimits = DEFAULT_LIMITS) -> list[str]:
-    """Why this edit is not sane (empty: it is): the weight changes (`change["weight_change"]`: name -> |dW|/|W|),
-    the chain accounts, then the neutral-prompt probe."""
-    out = [f"{name} changed by {ratio:.1f}x its own norm per edit (max_weight_change={limits.max_weight_change})"
-           for name, ratio in change.get("weight_change", {}).items()
-           if not math.isfinite(ratio) or ratio > limits.max_weight_change]
+    """Why this edit is not sane (empty: it is): non-finite weight changes, the chain accounts, then the
+    neutral-prompt probe. The size of a weight change is recorded, not limited: it depends on the model's
+    scale (SmolLM2 MEMIT: 0.06-0.12 x |W|, broken 4.5-205; normal edits of the tiny random models: up to 300)."""
+    out = [f"{name} changed by a non-finite amount" for name, ratio in change.get("weight_change", {}).items()
+           if not math.isfinite(ratio)]
     for s in chain_steps(stats):
         cos, ratio = s.get("chain", (0.0, 0.0))
         where = f"{s.get('kind')}[{s.get('layer')}]"
