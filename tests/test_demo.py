@@ -22,8 +22,8 @@ def test_demo_writes_everything_and_restores_the_weights(tmp_path, capsys, monke
 
     original_edit = editing.edit
 
-    def spy(model, records, method, hparams=None, state=None, progress=False):
-        result = original_edit(model, records, method, hparams, state, progress)
+    def spy(model, records, method, hparams=None, state=None, progress=False, **options):
+        result = original_edit(model, records, method, hparams, state, progress, **options)
         snapshots.append((method, model, {k: v.clone() for k, v in result.tx.originals.items()},
                           {k: getattr(model.spec, k[0])[k[1]].clone() for k in result.tx.originals}))
         return result

@@ -81,3 +81,17 @@ def test_edit_cli_with_your_own_facts_and_export(tmp_path, capsys):
     assert "does not occur in prompt" in capsys.readouterr().err
     assert main([*args, "--export", str(tmp_path / "out")]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_edit_takes_plain_strings(tiny_llama):
+    from intattn_tl.editing import EditState, edit
+    from intattn_tl.methods.memit import MEMITHparams
+
+    hp = MEMITHparams(layers=[1, 2], mom2_update_weight=1.0, mom2_n_samples=256, v_num_grad_steps=3, use_prefixes=False)
+    result = edit(tiny_llama, [("The capital of Zorbania is", "Zorbania", "Quix")], "memit", hp, EditState())
+    try:
+        (record,) = result.records
+        assert record.id == "fact/0" and record.target_new == "Quix" and record.ground_truth[0] != "?"
+        assert set(result.deltas) == {"w_out.1", "w_out.2"}
+    finally:
+        result.rollback()

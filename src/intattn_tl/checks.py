@@ -16,10 +16,13 @@ import re
 import tempfile
 import types
 import typing
+import unicodedata
 from pathlib import Path
 
+from .errors import IntattnError
 
-class CheckError(ValueError):
+
+class CheckError(IntattnError, ValueError):
     """A value that cannot be used; the message names it."""
 
 
@@ -284,6 +287,11 @@ def writable_file(path: str | Path, create: bool = True) -> Path:
 # on the command line: checked at parsing, created by the command when it writes (a refused run leaves nothing)
 out_dir = _arg(lambda text: writable_dir(text, create=False))
 out_file = _arg(lambda text: writable_file(text, create=False))
+
+
+def free_text(value: str) -> str:
+    """A free-text argument (a prompt, a subject, an answer) in Unicode NFC, as every record is."""
+    return unicodedata.normalize("NFC", value)
 
 
 @_arg

@@ -75,22 +75,19 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type, ...]:
-    """Errors that mean "this input cannot be used": one line on stderr and exit code 2, never a traceback."""
-    from .checks import CheckError
-    from .covariance import CovarianceError
-    from .data import DataError
-    from .editing import EditError
-    from .hparams import HparamsError
-    from .models import ModelLoadError
-    from .reproduce import ReproduceError
-    from .store import IntegrityError
-    from .targets import TargetError
-    from .tokens import TokenError
-    from .tracing import TraceError
+def run_folders(args) -> dict:
+    """The folders a command writes (name -> path), to name the right one in an environment error."""
+    from .paths import cache_dir
 
-    return (CheckError, CovarianceError, DataError, EditError, HparamsError, ModelLoadError, ReproduceError,
-            IntegrityError, TargetError, TokenError, TraceError)
+    folders = {}
+    for name in ("out", "save"):
+        if getattr(args, name, None) is not None:
+            folders[name] = getattr(args, name)
+    try:
+        folders["cache"] = cache_dir()
+    except OSError:
+        pass
+    return folders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,15 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # argparse: --help (0) or a bad value (one `error:` line, 2)
         return int(done.code or 0)
     try:
+        from .commands import preflight
         from .settings import code_version
 
         code_version()  # read once, before any work: results record the code this process runs
+        preflight(args)
         return int(args._run(args) or 0)
     except Exception as err:
         if getattr(args, "debug", False):
             raise
-        if isinstance(err, user_errors()):
-            print(f"intattn {args.command}: error: {err}", file=sys.stderr)
+        from .errors import IntattnError, environment_problem
+
+        problem = err if isinstance(err, IntattnError) else environment_problem(err, run_folders(args))
+        if problem is not None:  # the input or the machine, which the user can fix: one line, exit code 2
+            print(f"intattn {args.command}: error: {problem}", file=sys.stderr)
             return 2
         print(f"intattn {args.command}: internal error: {type(err).__name__}: {err} (--debug shows the traceback)",
               file=sys.stderr)

@@ -28,6 +28,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .data import FILES
+from .errors import IntattnError
 from .keys import _flat, key_site
 from .models import LoadedModel, weights_fingerprint
 from .paths import cache_dir
@@ -43,7 +44,7 @@ MAX_DOC_TOKENS = 4096  # longer documents are truncated (none of WikiText-2's li
 FORMAT = 2  # bump when the file layout changes
 
 
-class CovarianceError(RuntimeError):
+class CovarianceError(IntattnError, RuntimeError):
     pass
 
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .checks import check_limit
+from .errors import IntattnError
 from .paths import cache_dir, data_dir, packaged_data_dir
 from .store import _atomic
 
 
-class DataError(ValueError):
+class DataError(IntattnError, ValueError):
     """A benchmark file is missing, corrupt, or holds a record we cannot use."""
 
 
@@ -47,12 +49,28 @@ HUB_NAMES = {"zsre": ("zjunlp/KnowEdit", "ZsRE/ZsRE-test-all.json"),
              "wiki_counterfact": ("zjunlp/KnowEdit", "wiki_counterfact/test_cf.json")}
 
 
+def nfc(text):
+    """`text` in Unicode NFC (composed: "ë" one code point); any other value unchanged. Every text enters the
+    toolkit through this, so a subject typed or stored decomposed still occurs in its composed prompt."""
+    return unicodedata.normalize("NFC", text) if isinstance(text, str) else text
+
+
+def _nfc_fields(obj, *names: str) -> None:
+    """NFC every named field of frozen dataclass `obj`: a str, or a tuple of str."""
+    for name in names:
+        value = getattr(obj, name)
+        object.__setattr__(obj, name, tuple(map(nfc, value)) if isinstance(value, tuple) else nfc(value))
+
+
 @dataclass(frozen=True)
 class Probe:
     """A prompt and its acceptable answers (aliases; the first is the canonical one)."""
 
     prompt: str
     answers: tuple[str, ...]
+
+    def __post_init__(self):
+        _nfc_fields(self, "prompt", "answers")
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,9 @@ class EditRecord:
     portability: dict[str, tuple[Probe, ...]] = field(default_factory=dict)
     locality: dict[str, tuple[Probe, ...]] = field(default_factory=dict)
 
+    def __post_init__(self):
+        _nfc_fields(self, "prompt", "subject", "target_new", "ground_truth", "rephrase")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -81,6 +102,9 @@ class KnownFact:
     subject: str
     attribute: str
     relation_id: str
+
+    def __post_init__(self):
+        _nfc_fields(self, "prompt", "subject", "attribute")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -18,14 +19,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .conflicts import Policy, resolve
 from .data import EditRecord, validate
+from .facts import edit_records
+from .errors import IntattnError
 from .models import LoadedModel
+from .sanity import DEFAULT_LIMITS, SanityLimits, probe, probe_change, problems
 
 Kind = Literal["w_out", "w_o"]
 KINDS: tuple[Kind, ...] = ("w_out", "w_o")
 
 
-class EditError(RuntimeError):
+class EditError(IntattnError, RuntimeError):
     """An edit failed or was refused; the model's weights are unchanged."""
 
 
@@ -279,18 +284,34 @@ def check_lengths(model: LoadedModel, records: list[EditRecord], max_tokens: int
                                 f"max_prompt_tokens={max_tokens} ({text[:60]!r}...); raise the limit to allow it")
 
 
-def edit(model: LoadedModel, records: list[EditRecord], method: str = "intattn", hparams=None,
+def edit(model: LoadedModel, records: list, method: str = "intattn", hparams=None,
          state: EditState | None = None, progress: bool = False,
-         max_prompt_tokens: int | None = MAX_PROMPT_TOKENS) -> EditResult:
+         max_prompt_tokens: int | None = MAX_PROMPT_TOKENS, conflicts: Policy = "refuse",
+         sanity: SanityLimits | None = DEFAULT_LIMITS, force: bool = False) -> EditResult:
     """Apply `records` to `model` in place with `method`; on any error the weights are restored.
 
+    `records`: EditRecords, or your own facts as (prompt, subject, target_new[, ground_truth]) tuples, dicts
+    with EasyEdit's field names or `facts.EditRequest`s (ids filled in; a missing ground truth is the model's
+    own answer), e.g. `edit(model, [("The Eiffel Tower is in", "Eiffel Tower", "Rome")], "intattn")`.
+
     `progress` shows a bar over the records of a one-edit-at-a-time method (ROME, R-ROME, FT);
-    records with a text longer than `max_prompt_tokens` tokens are refused before anything runs."""
+    records with a text longer than `max_prompt_tokens` tokens are refused before anything runs.
+    `conflicts="refuse"`: two records with one prompt and subject but different targets are refused, exact
+    repeats merged into the first (noted on stderr and in `stats["merged"]`); "allow": the records as given
+    (the benchmark tables, whose files hold such pairs).
+    After the update the edit's chain statistics and a probe of neutral prompts are checked against `sanity`
+    (sanity.SanityLimits; None: not checked); an edit beyond them is rolled back exactly and refused, or kept
+    with `force=True` and a warning. `stats["sanity"]` holds the probe's numbers."""
     m = get_method(method)
     if not records:
         raise EditError("no records to edit")
+    if not all(isinstance(r, EditRecord) for r in records):  # your own facts: tuples, dicts, EditRequests
+        records = edit_records(model, records)
     for r in records:
         validate(r)
+    records, merged = resolve(records, conflicts)
+    for note in merged:
+        print(f"[intattn] {note}", file=sys.stderr)
     if hparams is None:
         from .hparams import load_hparams
 
@@ -300,6 +321,7 @@ def edit(model: LoadedModel, records: list[EditRecord], method: str = "intattn",
     state = state if state is not None else EditState()
     tx = WeightTransaction(model, exact=state.data.setdefault("exact_weights", {}))
     stats: dict = {}
+    before = probe(model) if sanity is not None else None
     try:
         if m.batch:
             stats = m.run(model, records, hparams, tx, state) or {}
@@ -311,6 +333,9 @@ def edit(model: LoadedModel, records: list[EditRecord], method: str = "intattn",
                 per_edit.append({"id": r.id, **(m.run(model, [r], hparams, tx, state) or {})})
             # the last edit's stats at the top (as before), every edit's in order under "per_edit"
             stats = {**{k: v for k, v in per_edit[-1].items() if k != "id"}, "per_edit": per_edit}
+        if sanity is not None:
+            stats["sanity"] = check_sanity(model, tx, method, stats, before, sanity, force,
+                                           n_edits=1 if m.batch else len(records))
     except BaseException as err:
         tx.restore()
         if isinstance(err, EditError):
@@ -318,7 +343,34 @@ def edit(model: LoadedModel, records: list[EditRecord], method: str = "intattn",
         if isinstance(err, torch.linalg.LinAlgError):
             raise EditError(f"{method}: linear solve failed ({err}); the model is unchanged") from err
         raise
+    if merged:
+        stats["merged"] = merged
     return EditResult(model=model, method=method, hparams=hparams, records=list(records), tx=tx, stats=stats)
+
+
+class InsaneEditError(EditError):
+    """An edit far outside anything normal edits do; it was rolled back exactly."""
+
+
+def weight_change(tx: WeightTransaction, n_edits: int = 1) -> dict[str, float]:
+    """|dW| / |W| of every weight `tx` edited, W as it found it, divided by the number of edits it holds."""
+    return {f"{k}.{l}": round(float(tx.deltas[(k, l)].float().norm() / original.float().norm().clamp(min=1e-12))
+                              / n_edits, 4) for (k, l), original in tx.originals.items()}
+
+
+def check_sanity(model: LoadedModel, tx: WeightTransaction, method: str, stats: dict, before: Tensor,
+                 limits: SanityLimits, force: bool, n_edits: int = 1) -> dict:
+    """The neutral-prompt probe's change; InsaneEditError (the caller restores the weights) for an edit beyond
+    `limits`, unless `force`, which keeps it with a warning on stderr."""
+    change = {**probe_change(before, probe(model)), "weight_change": weight_change(tx, n_edits)}
+    found = problems(stats, change, limits)
+    if found and not force:
+        raise InsaneEditError(f"{method}: this edit looks broken, so it was rolled back exactly (the weights are "
+                              f"unchanged): {'; '.join(found)}. Check its inputs (key statistics, targets); "
+                              "force=True (--force) keeps it anyway.")
+    if found:
+        print(f"[intattn] warning: {method}: edit kept by force although {'; '.join(found)}", file=sys.stderr)
+    return {**change, "problems": found}
 
 
 def describe(result: EditResult) -> str:

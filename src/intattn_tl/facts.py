@@ -25,6 +25,7 @@ from .data import DataError, EditRecord, KnownFact, Probe, _probes, answers, val
 from .evaluate import greedy_continuation
 from .models import LoadedModel
 
+MISSING = "?"  # a ground truth to be filled in with the model's own answer
 ANSWER_TOKENS = 8  # a model's own answer: its greedy continuation, cut at the first line or sentence end
 
 
@@ -78,7 +79,7 @@ def checked_records(items, prefix: str = "fact") -> list[EditRecord]:
     if not requests:
         raise DataError("no edit request given")
     records = [EditRecord(id=r.id or f"{prefix}/{i}", prompt=r.prompt, subject=r.subject, target_new=r.target_new,
-                          ground_truth=r.ground_truth or ("?",), rephrase=r.rephrase, portability=r.portability,
+                          ground_truth=r.ground_truth or (MISSING,), rephrase=r.rephrase, portability=r.portability,
                           locality=r.locality) for i, r in enumerate(requests)]
     for rec in records:
         validate(rec)
@@ -87,12 +88,15 @@ def checked_records(items, prefix: str = "fact") -> list[EditRecord]:
     return records
 
 
+def fill_ground_truth(model: LoadedModel, records: list[EditRecord]) -> list[EditRecord]:
+    """Each record whose ground truth is missing ("?") gets the model's own answer to its prompt."""
+    return [replace(r, ground_truth=(own_answer(model, r.prompt),)) if r.ground_truth == (MISSING,) else r
+            for r in records]
+
+
 def edit_records(model: LoadedModel, items, prefix: str = "fact") -> list[EditRecord]:
     """`checked_records`, then each missing ground truth = the model's own answer to the prompt."""
-    records = checked_records(items, prefix)
-    given = [bool(as_request(item, "").ground_truth) for item in items]
-    return [rec if has else replace(rec, ground_truth=(own_answer(model, rec.prompt),))
-            for rec, has in zip(records, given)]
+    return fill_ground_truth(model, checked_records(items, prefix))
 
 
 def read_requests(path: str | Path, target_needed: bool = True) -> list[EditRequest]:

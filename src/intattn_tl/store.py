@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .errors import IntattnError
+
 FIELD = "_integrity"
 
 
-class IntegrityError(ValueError):
+class IntegrityError(IntattnError, ValueError):
     """A stored file is unreadable, altered, or made for another key."""
 
     def __init__(self, path, reason: str):

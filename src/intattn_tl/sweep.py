@@ -32,7 +32,7 @@ def sweep_point(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig,
     """Edit `records` with IntAttn-Edit at this α, evaluate, roll back; returns the summary metrics."""
     hp = load_hparams("intattn", model.name, {**(overrides or {}), "alpha": float(alpha)})
     t0 = time.time()
-    result = edit(model, records, method="intattn", hparams=hp)
+    result = edit(model, records, method="intattn", hparams=hp, conflicts="allow", sanity=None)  # as reproduce.run_cell
     try:
         rows = evaluate(model, records, eval_cfg, locality_ref=ref)
     finally:
@@ -49,13 +49,14 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
     folder = writable_dir(Path(out) / f"sweep-{model_name}-{dataset}-T{T}" / "points").parent
     done = {p: read_point(p) for p in sorted((folder / "points").glob("alpha-*.json"))}
     todo = [a for a in grid if point_path(folder, a) not in done]
+    # The model is loaded even when every point exists: the points' settings are checked against this run's
+    # (dtype, YAML, tracing defaults), so a figure is never shown for settings it was not made with.
+    model = load_model(model_name, **{"device": device, **(placement or {})})  # placement: device(_map), max_memory
+    hps = {a: load_hparams("intattn", model.name, {"alpha": a}) for a in grid}
+    for hp in hps.values():  # every point checked before the first one runs
+        check_hparams("intattn", hp, model)
+    _check_resume(done, _point_settings(model, hps[grid[0]], dataset, eval_cfg))
     if todo:
-        model = load_model(model_name, **{"device": device, **(placement or {})})  # placement: device(_map), max_memory
-        hps = {a: load_hparams("intattn", model.name, {"alpha": a}) for a in todo}
-        for hp in hps.values():  # every point checked before the first one runs
-            check_hparams("intattn", hp, model)
-        settings = _point_settings(model, hps[todo[0]], dataset, eval_cfg)
-        _check_resume(done, settings)
         records = load_edits(dataset, limit=T)
         ref = locality_reference(model, records, eval_cfg)
         for alpha in tqdm(todo, desc="alpha sweep", unit="point"):

@@ -39,13 +39,14 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from .data import EditRecord
+from .errors import IntattnError
 from .models import LoadedModel, cache_kwarg, weights_fingerprint
 from .paths import cache_dir
 from .store import cached, write_torch
 from .tokens import answer_ids, prompt_ids, subject_span
 
 
-class TargetError(ValueError):
+class TargetError(IntattnError, ValueError):
     """Bad arguments for target optimisation (layer out of range, no prefixes, ...)."""
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 
-class TokenError(ValueError):
+from .errors import IntattnError
+
+
+class TokenError(IntattnError, ValueError):
     """A subject or answer cannot be located in the tokenized prompt."""
 
 
@@ -15,6 +19,10 @@ def subject_span(tokenizer, prompt: str, subject: str, start: int = 0) -> tuple[
     """
     char_start = prompt.find(subject, start)
     if not subject or char_start < 0:
+        nfc = lambda s: unicodedata.normalize("NFC", s)  # noqa: E731
+        if subject and nfc(subject) in nfc(prompt):
+            raise TokenError(f"subject {subject!r} occurs in prompt {prompt!r} only in another Unicode form "
+                             "(composed vs decomposed accents): pass both in NFC (unicodedata.normalize('NFC', ...))")
         raise TokenError(f"subject {subject!r} does not occur in prompt {prompt!r}")
     char_end = char_start + len(subject)
     enc = tokenizer(prompt, return_offsets_mapping=True)

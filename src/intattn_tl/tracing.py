@@ -34,6 +34,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .data import nfc
+from .errors import IntattnError
 from .models import LoadedModel
 from .store import _atomic, read_json, write_json, write_once
 from .tokens import TokenError, answer_ids, prompt_ids, subject_span
@@ -42,7 +44,7 @@ KINDS = ("resid", "attn", "mlp", "attn_window", "mlp_window")
 HOOKS = {"resid": "hook_resid_post", "attn": "hook_attn_out", "mlp": "hook_mlp_out"}
 
 
-class TraceError(ValueError):
+class TraceError(IntattnError, ValueError):
     """Bad tracing input: the message names the argument or fact."""
 
 
@@ -149,6 +151,7 @@ class _Fact:
 
 def _prepare(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fact:
     tok = model.tokenizer
+    prompt, subject, answer = nfc(prompt), nfc(subject), nfc(answer)  # as every record is
     span = subject_span(tok, prompt, subject)  # raises TokenError naming subject and prompt
     ids = prompt_ids(tok, prompt)
     first = answer_ids(tok, prompt, answer)

@@ -13,26 +13,46 @@ import math
 import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import EnvironmentProblem
 
 PROJECT = "intattn-tl"
+ONLINE = ("online", "run", "shared")  # WANDB_MODE values that talk to the server
 
 
-def wandb_configured() -> bool:
-    """True if the user set WANDB_API_KEY or WANDB_MODE, or logged in (an api.wandb.ai entry in ~/.netrc)."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
+def has_credentials() -> bool:
+    """WANDB_API_KEY is set, or ~/.netrc (or $NETRC) holds a login for the W&B host (`wandb login` writes it)."""
+    if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
     path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
     try:
-        return path.is_file() and netrc.netrc(path).authenticators("api.wandb.ai") is not None
+        return path.is_file() and netrc.netrc(path).authenticators(host) is not None
     except (netrc.NetrcParseError, OSError):
         return False
 
 
+def wandb_configured() -> bool:
+    """True if the user set WANDB_MODE or has credentials."""
+    return bool(os.environ.get("WANDB_MODE")) or has_credentials()
+
+
 def wandb_mode() -> str:
-    """The user's WANDB_MODE if set; "online" if they logged in; else "offline"."""
-    if mode := os.environ.get("WANDB_MODE"):
-        return mode
-    return "online" if wandb_configured() else "offline"
+    """The user's WANDB_MODE if set, except that an online mode without credentials runs offline (`wandb_notice`
+    says so before the work); "online" if they logged in; else "offline"."""
+    mode = os.environ.get("WANDB_MODE")
+    if mode in ONLINE and not has_credentials():
+        return "offline"
+    return mode or ("online" if has_credentials() else "offline")
+
+
+def wandb_notice() -> str | None:
+    """What the user must hear before the work when their W&B settings cannot be followed, else None."""
+    if os.environ.get("WANDB_MODE") in ONLINE and not has_credentials():
+        return (f"WANDB_MODE={os.environ['WANDB_MODE']} but no W&B credentials (WANDB_API_KEY or `wandb login`): "
+                "logging offline instead; upload later with `wandb sync <run dir>`")
+    return None
 
 
 def start_run(job_type: str, config: dict, name: str | None = None, project: str | None = None,
@@ -42,8 +62,12 @@ def start_run(job_type: str, config: dict, name: str | None = None, project: str
 
     dir = Path(dir or os.environ.get("WANDB_DIR") or Path.cwd())
     dir.mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=project or os.environ.get("WANDB_PROJECT", PROJECT), job_type=job_type, name=name,
-                      config=config, dir=str(dir), mode=mode or wandb_mode(), reinit="create_new")
+    try:
+        return wandb.init(project=project or os.environ.get("WANDB_PROJECT", PROJECT), job_type=job_type, name=name,
+                          config=config, dir=str(dir), mode=mode or wandb_mode(), reinit="create_new")
+    except (wandb.errors.AuthenticationError, wandb.errors.CommError, wandb.errors.UsageError) as err:
+        raise EnvironmentProblem(f"W&B could not start a run ({type(err).__name__}: {' '.join(str(err).split())[:200]}): "
+                                 "run `wandb login` (or set WANDB_API_KEY), or set WANDB_MODE=offline") from None
 
 
 def _loggable(v):

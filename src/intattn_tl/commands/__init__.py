@@ -30,3 +30,27 @@ def placement(args) -> dict:
     if getattr(args, "device_map", None) is None:
         return {"device": args.device}
     return {"device": args.device, "device_map": args.device_map, "max_memory": args.max_memory}
+
+
+def preflight(args) -> None:
+    """Before any work: the cache folder and every output writable with room for what the command will write,
+    each file named in `--set` readable, and W&B usable (EnvironmentProblem naming the path / setting)."""
+    import sys
+    from pathlib import Path
+
+    from ..environment import MIN_FREE_CACHE, check_cache, check_out, check_setting_paths
+    from ..models import KNOWN_MODELS, cache_bytes_needed
+    from ..tracking import wandb_notice
+
+    check_setting_paths(getattr(args, "overrides", None) or [])
+    model = getattr(args, "model", None)
+    if model is not None:  # a command that loads a model also writes statistics / targets / prefixes to the cache
+        check_cache(MIN_FREE_CACHE + (cache_bytes_needed(model, getattr(args, "dtype", "float32"))
+                                      if model in KNOWN_MODELS else 0))
+    for setting in ("out", "save"):
+        path = getattr(args, setting, None)
+        if path is not None:
+            path = Path(path)
+            check_out(path.parent if path.is_file() else path, f"--{setting}")
+    if getattr(args, "wandb", False) and (notice := wandb_notice()):
+        print(f"intattn {args.command}: {notice}", file=sys.stderr)

@@ -26,7 +26,7 @@ TARGET_CHUNK = 4  # records per target-optimisation call: the progress bar's ste
 
 
 def add_arguments(p) -> None:
-    from ..checks import device, integer, out_dir
+    from ..checks import device, free_text, integer, out_dir
     from ..models import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"known model, HF id or local dir (default {DEFAULT_MODEL})")
@@ -34,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=out_dir, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a hyperparameter of both editors (YAML value), e.g. --set mom2_n_samples=20000")
-    p.add_argument("--fact", nargs=3, default=list(FACT), metavar=("PROMPT", "SUBJECT", "ANSWER"),
+    p.add_argument("--fact", nargs=3, type=free_text, default=list(FACT), metavar=("PROMPT", "SUBJECT", "ANSWER"),
                    help="the fact to trace (default: the Eiffel Tower / Paris)")
     p.add_argument("--samples", type=integer(lo=1), default=10, help="noise samples when tracing the fact (default 10)")
     p.add_argument("--trace-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
@@ -284,7 +284,7 @@ def run(args) -> int:
     for method, name in METHODS:
         t0 = log.stage(f"{name}: edit {len(records)} records, evaluate, roll back")
         try:
-            result = edit(model, records, method, hps[method], progress=not args.quiet)
+            result = edit(model, records, method, hps[method], progress=not args.quiet, conflicts="allow")
         except EditError as err:
             print(f"intattn demo: error: {err}", file=sys.stderr)
             return 2

@@ -36,6 +36,12 @@ def add_arguments(p) -> None:
                    "(safetensors + tokenizer + a model card recording the edits)")
     p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
                    help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
+    p.add_argument("--allow-conflicts", action="store_true",
+                   help="edit records with one prompt and subject but different targets as given (the benchmark "
+                        "files hold some; by default such a batch is refused and exact repeats are merged)")
+    p.add_argument("--force", action="store_true",
+                   help="keep an edit that fails the post-edit sanity check (chain statistics far off, or unrelated "
+                        "prompts' next tokens all changed); by default it is rolled back exactly")
     p.add_argument("--no-fluency", action="store_true", help="skip text generation in the evaluation")
     p.add_argument("--no-eval", action="store_true", help="edit only; print no metrics table")
     p.add_argument("--data-dir", help="benchmark folder, WikiText-2 included (default $INTATTN_DATA, else the copies shipped with the package)")
@@ -92,10 +98,11 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
+    from ..conflicts import resolve
     from ..covariance import CovarianceError
     from ..data import data_path, load_edits
     from ..editing import EditError, EditState, check_hparams, check_lengths, edit
-    from ..facts import checked_records, edit_records
+    from ..facts import checked_records, fill_ground_truth
     from ..hparams import HparamsError, load_hparams
     from ..models import load_model
     from . import placement
@@ -108,10 +115,14 @@ def run(args) -> int:
             raise EditError(f"--export {args.export} exists; choose a new folder")
         own = own_requests(args)
         records = checked_records(own) if own else load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
+        policy = "allow" if args.allow_conflicts else "refuse"
+        records, repeats = resolve(records, policy)  # the whole request, before the model loads
+        for note in repeats:
+            print(f"intattn edit: note: {note}", file=sys.stderr)
         groups = batches(records, args.batch_size)
         model = load_model(args.model, dtype=args.dtype, **placement(args))
         if own:  # the model's own answers stand in for missing ground truths
-            records = edit_records(model, own)
+            records = fill_ground_truth(model, records)
             groups = batches(records, args.batch_size)
             for r in records:
                 print(f"{r.id}: {r.prompt!r} -> {r.target_new!r} (was {r.ground_truth[0]!r})")
@@ -127,7 +138,7 @@ def run(args) -> int:
         state, results = EditState(), []
         for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
             results.append(edit(model, group, args.method, hp, state, progress=not args.quiet,
-                                max_prompt_tokens=args.max_prompt_tokens))
+                                max_prompt_tokens=args.max_prompt_tokens, conflicts=policy, force=args.force))
         t_edit = time.time() - t0
     except (EditError, HparamsError, CovarianceError, ValueError) as err:
         print(f"intattn edit: error: {err}", file=sys.stderr)
