@@ -48,3 +48,19 @@ def wiki_records():
     from intattn_tl.data import load_edits
 
     return load_edits("wiki_counterfact")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache folder of this test's own ($INTATTN_CACHE)."""
+    monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Any model load fails the test: the input must be refused before."""
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded before the bad input was refused")
+    for where in ("intattn_tl.models.load_model", "intattn_tl.reproduce.load_model", "intattn_tl.sweep.load_model"):
+        monkeypatch.setattr(where, refuse)

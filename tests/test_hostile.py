@@ -26,21 +26,6 @@ EDIT = ["edit", "--model", "tiny-llama", "--limit", "2", "--no-eval", "--quiet",
         "--set", "use_prefixes=false"]
 
 
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any model load fails the test: the input must be refused before."""
-    def refuse(*a, **k):
-        raise AssertionError("a model was loaded before the bad input was refused")
-    for where in ("intattn_tl.models.load_model", "intattn_tl.reproduce.load_model", "intattn_tl.sweep.load_model"):
-        monkeypatch.setattr(where, refuse)
-
-
 def _err(capsys) -> str:
     err = capsys.readouterr().err
     assert "Traceback" not in err
