@@ -76,6 +76,10 @@ def test_alpha_sweep_writes_points_and_figure(tmp_path):
     lines = (folder / "points.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("alpha")
     assert (folder / "figure4.png").stat().st_size > 1000
+    from intattn_tl.store import read_rows
+
+    rows = read_rows(folder / "points" / "alpha-1.000.csv")  # every point keeps its per-record rows
+    assert [r["id"] for r in rows] == ["zsre/0", "zsre/1"] and all(r["edit_succ"] is not None for r in rows)
 
 
 def test_wandb_sweep_config_parses_and_agent_runs_one_point_offline(tmp_path):
@@ -239,8 +243,8 @@ def test_reproduce_set_overrides_one_method_and_is_recorded(tmp_path, capsys):
 
 
 def test_cells_of_the_earlier_aggregation_are_reaggregated_from_their_rows(tmp_path):
-    from intattn_tl.reproduce import AGGREGATION, ReproduceError, _write_rows, cell_path, collect
-    from intattn_tl.store import write_json
+    from intattn_tl.reproduce import AGGREGATION, ReproduceError, cell_path, collect
+    from intattn_tl.store import write_json, write_rows
 
     run = TableRun(table="table2", model="tiny-llama", sizes=(2,), methods=("memit",), out=tmp_path)
     rows = [{"id": "a", "edit_succ": 1.0, "portability.R": 0.5, "portability.S": 1.0, "portability": 0.75,
@@ -251,7 +255,7 @@ def test_cells_of_the_earlier_aggregation_are_reaggregated_from_their_rows(tmp_p
            "device": "cpu"}  # Portability / Locality as the mean over kinds of the per-kind means
     path = cell_path(run, "memit", 2)
     write_json(path, old, {"method": "memit", "T": 2})
-    _write_rows(path.with_suffix(".csv"), rows)
+    write_rows(path.with_suffix(".csv"), rows)
     collect(run)
     cell = load_cells(run)[("memit", 2)]
     assert cell["aggregation"] == AGGREGATION

@@ -36,7 +36,7 @@ from .errors import IntattnError
 from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
-from .store import _atomic, write_json, write_text
+from .store import _atomic, read_rows, write_json, write_rows, write_text
 
 METHODS = ("ft", "rome", "r-rome", "memit", "alphaedit", "intattn")
 DISPLAY = {"pre-edit": "Pre-edit", "ft": "FT", "rome": "ROME", "r-rome": "R-ROME", "memit": "MEMIT",
@@ -119,25 +119,6 @@ def check_resume(run: TableRun, cells: dict, settings: dict[str, dict]) -> None:
         if diff:
             raise ReproduceError(f"{run.dir / 'cells' / f'{method}-T{T}.json'} was made with other settings than this "
                                  f"run's: {'; '.join(diff)}. Use another --out, or the same settings.")
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    w.writeheader()
-    w.writerows(rows)
-    write_text(path, buf.getvalue())
-
-
-def read_rows(path: Path) -> list[dict]:
-    """A cell's per-record CSV back as rows (numbers as floats, empty fields as None)."""
-    def value(text: str):
-        try:
-            return float(text) if text else None
-        except ValueError:
-            return text
-    with Path(path).open(newline="") as f:
-        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def reaggregate(summary: dict, rows: list[dict]) -> dict:
@@ -349,7 +330,7 @@ def _write_cell(run: TableRun, method: str, T: int, summary: dict, rows: list[di
 
     summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=device,
                    settings={**settings, "code": code_version()})
-    _write_rows(cell_path(run, method, T).with_suffix(".csv"), rows)
+    write_rows(cell_path(run, method, T).with_suffix(".csv"), rows)
     write_json(cell_path(run, method, T), summary, _cell_key(method, T))
     if run.wandb:
         _log_wandb(run, method, T, summary, rows)

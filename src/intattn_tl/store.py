@@ -11,7 +11,9 @@ hold {"key", "sha256", "data"}; the digest covers every tensor's dtype, shape an
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -184,3 +186,23 @@ def read_result(path: str | Path, key, matches) -> dict:
     if not ok:
         raise IntegrityError(path, f"does not hold the result for {_canon(key)}")
     return obj
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    """Per-record rows as a CSV (columns: every key any row has, in order of appearance), written atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Per-record rows back from `write_rows`'s CSV (numbers as floats, empty fields as None)."""
+    def value(text: str):
+        try:
+            return float(text) if text else None
+        except ValueError:
+            return text
+    with Path(path).open(newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -21,15 +21,16 @@ from .evaluate import EvalConfig, evaluate, locality_reference, summarize
 from .hparams import load_hparams
 from .models import LoadedModel, load_model
 from .settings import code_version, differences, edit_settings
-from .store import IntegrityError, _atomic, read_result, write_json, write_text
+from .store import IntegrityError, _atomic, read_result, write_json, write_rows, write_text
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
 
 
 def sweep_point(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig, ref=None,
-                overrides: dict | None = None) -> dict:
-    """Edit `records` with IntAttn-Edit at this α, evaluate, roll back; returns the summary metrics."""
+                overrides: dict | None = None) -> tuple[dict, list[dict]]:
+    """Edit `records` with IntAttn-Edit at this α, evaluate, roll back; returns the summary metrics and the
+    per-record rows."""
     hp = load_hparams("intattn", model.name, {**(overrides or {}), "alpha": float(alpha)})
     t0 = time.time()
     result = edit(model, records, method="intattn", hparams=hp, conflicts="allow", sanity=None)  # as reproduce.run_cell
@@ -37,7 +38,7 @@ def sweep_point(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig,
         rows = evaluate(model, records, eval_cfg, locality_ref=ref)
     finally:
         result.rollback()
-    return {"alpha": float(alpha), "T": len(records), **summarize(rows), "seconds": time.time() - t0}
+    return {"alpha": float(alpha), "T": len(records), **summarize(rows), "seconds": time.time() - t0}, rows
 
 
 def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Path = Path("runs"),
@@ -60,15 +61,17 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
         records = load_edits(dataset, limit=T)
         ref = locality_reference(model, records, eval_cfg)
         for alpha in tqdm(todo, desc="alpha sweep", unit="point"):
-            point = sweep_point(model, records, alpha, eval_cfg, ref) | {"model": model_name, "dataset": dataset}
+            point, rows = sweep_point(model, records, alpha, eval_cfg, ref)
+            point |= {"model": model_name, "dataset": dataset}
             point["settings"] = {**_point_settings(model, hps[alpha], dataset, eval_cfg), "code": code_version()}
+            write_rows(point_path(folder, alpha).with_suffix(".csv"), rows)  # first: a point never lacks its rows
             write_json(point_path(folder, alpha), point, {"alpha": round(alpha, 3)})
             if wandb:
                 from .tracking import finish, log_results, start_run
 
                 wb = start_run("sweep-alpha", config={"alpha": alpha, "T": T, "model": model_name, "dataset": dataset},
                                name=f"{model_name}-alpha{alpha:.2f}", project="intattn-tl-alpha", dir=folder)
-                log_results(wb, {k: v for k, v in point.items() if isinstance(v, (int, float))}, [point])
+                log_results(wb, {k: v for k, v in point.items() if isinstance(v, (int, float))}, rows)
                 finish(wb)
     write_points(folder, title=f"{model_name}, {dataset}, T={T}")
     return folder
