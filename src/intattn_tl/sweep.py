@@ -28,9 +28,14 @@ FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("l
 
 
 def sweep_point(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig, ref=None,
-                overrides: dict | None = None) -> tuple[dict, list[dict]]:
-    """Edit `records` with IntAttn-Edit at this α, evaluate, roll back; returns the summary metrics and the
-    per-record rows."""
+                overrides: dict | None = None) -> dict:
+    """Edit `records` with IntAttn-Edit at this α, evaluate, roll back; returns the summary metrics."""
+    return point_and_rows(model, records, alpha, eval_cfg, ref, overrides)[0]
+
+
+def point_and_rows(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig, ref=None,
+                   overrides: dict | None = None) -> tuple[dict, list[dict]]:
+    """`sweep_point`'s summary and the per-record rows it was made from."""
     hp = load_hparams("intattn", model.name, {**(overrides or {}), "alpha": float(alpha)})
     t0 = time.time()
     result = edit(model, records, method="intattn", hparams=hp, conflicts="allow", sanity=None)  # as reproduce.run_cell
@@ -61,7 +66,7 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
         records = load_edits(dataset, limit=T)
         ref = locality_reference(model, records, eval_cfg)
         for alpha in tqdm(todo, desc="alpha sweep", unit="point"):
-            point, rows = sweep_point(model, records, alpha, eval_cfg, ref)
+            point, rows = point_and_rows(model, records, alpha, eval_cfg, ref)
             point |= {"model": model_name, "dataset": dataset}
             point["settings"] = {**_point_settings(model, hps[alpha], dataset, eval_cfg), "code": code_version()}
             write_rows(point_path(folder, alpha).with_suffix(".csv"), rows)  # first: a point never lacks its rows
