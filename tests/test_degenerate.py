@@ -24,10 +24,7 @@ from intattn_tl.errors import EnvironmentProblem, IntattnError
 from intattn_tl.evaluate import EvalConfig
 from intattn_tl.hparams import load_hparams
 
-FAST = {"layers": [1, 2], "mom2_n_samples": 256, "v_num_grad_steps": 3, "use_prefixes": False}
-EDIT = ["edit", "--model", "tiny-llama", "--limit", "2", "--no-eval", "--quiet", "--method", "memit",
-        "--set", "layers=[1, 2]", "--set", "mom2_n_samples=256", "--set", "v_num_grad_steps=3",
-        "--set", "use_prefixes=false"]
+from tiny_edit import EDIT, FAST
 
 
 def _err(capsys) -> str:
