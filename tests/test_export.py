@@ -20,8 +20,8 @@ FACT = EditRecord(id="f", prompt="The capital of Zorbania is", subject="Zorbania
 PROMPT = "The capital of Zorbania is"
 # Runs in a fresh interpreter with intattn_tl kept off the path: what a user of the exported folder has.
 LOAD = """
-import json, sys
-sys.path = [p for p in sys.path if "intattn" not in p and not p.endswith("/src")]
+import json, os, sys
+sys.path = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "intattn_tl"))]
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 try:
