@@ -147,6 +147,12 @@ class EditResult:
         """Restore every edited weight bit-for-bit."""
         self.tx.rollback()
 
+    def fingerprints(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Each edited weight's fingerprint before and after the edit, by "kind.layer"."""
+        before = {f"{k}.{l}": fingerprint(o) for (k, l), o in self.tx.originals.items()}
+        after = {f"{k}.{l}": fingerprint(added(o, self.tx.deltas[(k, l)])) for (k, l), o in self.tx.originals.items()}
+        return before, after
+
     def save(self, path: str | Path) -> Path:
         """Deltas plus the exact settings, the code version, and each weight's fingerprint before and after
         (so `apply_saved` can refuse to apply the edit twice or onto other weights)."""
@@ -154,8 +160,7 @@ class EditResult:
         from .store import _atomic
 
         path = Path(path)
-        before = {f"{k}.{l}": fingerprint(o) for (k, l), o in self.tx.originals.items()}
-        after = {f"{k}.{l}": fingerprint(added(o, self.tx.deltas[(k, l)])) for (k, l), o in self.tx.originals.items()}
+        before, after = self.fingerprints()
         meta = {"method": self.method, "model": self.model.name, "n_records": len(self.records),
                 "record_ids": [r.id for r in self.records],
                 "hparams": dataclasses.asdict(self.hparams) if dataclasses.is_dataclass(self.hparams) else None,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM
 
-from .editing import EditError, EditResult, added, fingerprint
+from .editing import EditError, EditResult
 from .models import LoadedModel
 from .settings import code_version
 
@@ -31,15 +31,14 @@ class ExportError(EditError):
 
 def edit_card(result: EditResult) -> dict:
     """What an export records about one edit (the same facts `EditResult.save` keeps, plus the requests)."""
-    tx = result.tx
+    before, after = result.fingerprints()
     return {
         "method": result.method,
         "hparams": json.loads(json.dumps(dataclasses.asdict(result.hparams), default=str))
         if dataclasses.is_dataclass(result.hparams) else None,
         "requests": [{"id": r.id, "prompt": r.prompt, "subject": r.subject, "target_new": r.target_new,
                       "ground_truth": list(r.ground_truth)} for r in result.records],
-        "weights_before": {f"{k}.{l}": fingerprint(o) for (k, l), o in tx.originals.items()},
-        "weights_after": {f"{k}.{l}": fingerprint(added(o, tx.deltas[(k, l)])) for (k, l), o in tx.originals.items()},
+        "weights_before": before, "weights_after": after,
     }
 
 
