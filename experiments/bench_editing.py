@@ -23,12 +23,13 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    from intattn_tl import covariance, targets
-    from intattn_tl.data import load_edits
-    from intattn_tl.editing import EditState, edit
-    from intattn_tl.hparams import load_hparams
-    from intattn_tl.methods.memit import edit_prefixes, edit_statistics, target_hparams
-    from intattn_tl.models import load_model
+    from intattn_tl.edit import covariance, targets
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.edit.transaction import EditState
+    from intattn_tl.api import edit
+    from intattn_tl.config.hparams import load_hparams
+    from intattn_tl.edit.chain import edit_prefixes, edit_statistics, target_hparams
+    from intattn_tl.model.load import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")

@@ -27,9 +27,9 @@ def timed(fn):
 
 
 def main() -> None:
-    from intattn_tl.data import load_edits
-    from intattn_tl.evaluate import EvalConfig, evaluate, format_table, summarize
-    from intattn_tl.models import load_model
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.evaluation.metrics import EvalConfig, evaluate, format_table, summarize
+    from intattn_tl.model.load import load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")

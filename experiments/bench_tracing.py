@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
-from intattn_tl.models import load_model
-from intattn_tl.tracing import KINDS, embedding_std, trace_fact, trace_fact_loop
+from intattn_tl.model.load import load_model
+from intattn_tl.locate.tracing import KINDS, embedding_std, trace_fact, trace_fact_loop
 
 # known_1000 #0 (SmolLM2 does not know it; the work per fact does not depend on that): 10 tokens, subject 0..4
 FACT = ("Vinson Massif is located in the continent of", "Vinson Massif", "Antarctica")

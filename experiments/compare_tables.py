@@ -10,7 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
-from intattn_tl.reproduce import COLUMNS, DISPLAY, METHODS, read_cell, read_rows
+from intattn_tl.repro.tables import COLUMNS, DISPLAY, METHODS, read_cell, read_rows
 
 
 def _cells(folder: Path) -> dict:

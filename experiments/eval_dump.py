@@ -25,9 +25,9 @@ def timed(fn):
 
 
 def dump(args) -> None:
-    from intattn_tl import evaluate as E
-    from intattn_tl.data import load_edits
-    from intattn_tl.models import load_model
+    from intattn_tl.evaluation import metrics as E
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.model.load import load_model
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model)

@@ -15,11 +15,12 @@ import sys
 
 import torch
 
-from intattn_tl.data import load_edits
-from intattn_tl.editing import EditState, edit
-from intattn_tl.evaluate import EvalConfig, evaluate, locality_reference, summarize
-from intattn_tl.hparams import load_hparams
-from intattn_tl.models import load_model
+from intattn_tl.data.records import load_edits
+from intattn_tl.edit.transaction import EditState
+from intattn_tl.api import edit
+from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
+from intattn_tl.config.hparams import load_hparams
+from intattn_tl.model.load import load_model
 
 
 def ft_sequence(model, records):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 
-from intattn_tl.data import load_edits
-from intattn_tl.editing import EditState
-from intattn_tl.hparams import load_hparams
-from intattn_tl.keys import mlp_keys
-from intattn_tl.methods.memit import edit_prefixes, target_hparams
-from intattn_tl.models import load_model
-from intattn_tl.targets import target_deltas
+from intattn_tl.data.records import load_edits
+from intattn_tl.edit.transaction import EditState
+from intattn_tl.config.hparams import load_hparams
+from intattn_tl.edit.keys import mlp_keys
+from intattn_tl.edit.chain import edit_prefixes, target_hparams
+from intattn_tl.model.load import load_model
+from intattn_tl.edit.targets import target_deltas
 
 
 def main(n: int = 10) -> None:

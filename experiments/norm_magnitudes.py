@@ -13,13 +13,13 @@ import torch
 
 
 def main() -> None:
-    from intattn_tl.data import load_edits
-    from intattn_tl.editing import EditState
-    from intattn_tl.families.gemma3 import norm_gain
-    from intattn_tl.hparams import load_hparams
-    from intattn_tl.keys import resid_post, subject_activations
-    from intattn_tl.methods.memit import edit_prefixes, targets_at
-    from intattn_tl.models import load_model
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.edit.transaction import EditState
+    from intattn_tl.model.families.gemma3 import norm_gain
+    from intattn_tl.config.hparams import load_hparams
+    from intattn_tl.edit.keys import resid_post, subject_activations
+    from intattn_tl.edit.chain import edit_prefixes, targets_at
+    from intattn_tl.model.load import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma3-270m")

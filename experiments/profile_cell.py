@@ -26,16 +26,16 @@ import torch
 
 # phase -> (module, function) pairs that start it; every module holding the same function object is patched
 PHASES = {
-    "statistics": [("intattn_tl.methods.memit", "edit_statistics")],
-    "prefixes": [("intattn_tl.methods.memit", "edit_prefixes")],
-    "targets": [("intattn_tl.targets", "target_deltas")],
-    "keys": [("intattn_tl.keys", f) for f in ("subject_activations", "mlp_keys", "attn_keys", "resid_post")],
-    "solves": [("intattn_tl.solve", f) for f in ("solve_delta", "nullspace_projector", "solve_projected")]
+    "statistics": [("intattn_tl.edit.chain", "edit_statistics")],
+    "prefixes": [("intattn_tl.edit.chain", "edit_prefixes")],
+    "targets": [("intattn_tl.edit.targets", "target_deltas")],
+    "keys": [("intattn_tl.edit.keys", f) for f in ("subject_activations", "mlp_keys", "attn_keys", "resid_post")],
+    "solves": [("intattn_tl.edit.solve", f) for f in ("solve_delta", "nullspace_projector", "solve_projected")]
               + [("intattn_tl.methods.rome", "rank_one")],
-    "eval: teacher-forced": [("intattn_tl.evaluate", "answer_argmax")],
-    "eval: generation": [("intattn_tl.evaluate", "sample_texts")],
-    "edit: other": [("intattn_tl.editing", "edit")],
-    "eval: other": [("intattn_tl.evaluate", "evaluate")],
+    "eval: teacher-forced": [("intattn_tl.evaluation.metrics", "answer_argmax")],
+    "eval: generation": [("intattn_tl.evaluation.metrics", "sample_texts")],
+    "edit: other": [("intattn_tl.api", "edit")],
+    "eval: other": [("intattn_tl.evaluation.metrics", "evaluate")],
 }
 
 
@@ -107,10 +107,10 @@ def table(results: dict[str, dict[str, tuple[float, float]]]) -> str:
 
 def main() -> None:
     import intattn_tl.methods  # noqa: F401  (register the methods, so their imported names get wrapped)
-    from intattn_tl.data import load_edits
-    from intattn_tl.evaluate import EvalConfig, locality_reference
-    from intattn_tl.models import load_model
-    from intattn_tl.reproduce import METHODS, TableRun, run_cell
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.evaluation.metrics import EvalConfig, locality_reference
+    from intattn_tl.model.load import load_model
+    from intattn_tl.repro.tables import METHODS, TableRun, run_cell
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -128,7 +128,7 @@ def main() -> None:
 
     prof = Profiler()
     if args.cold_targets:
-        prof.patch("intattn_tl.targets", "target_deltas", lambda real: lambda *a, **k: real(*a, **{**k, "use_cache": False}))
+        prof.patch("intattn_tl.edit.targets", "target_deltas", lambda real: lambda *a, **k: real(*a, **{**k, "use_cache": False}))
     for phase, fns in PHASES.items():
         for module_name, fn_name in fns:
             prof.wrap(module_name, fn_name, phase)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from intattn_tl.reproduce import TableRun, load_cells, reaggregate_cells, write_table
+from intattn_tl.repro.tables import TableRun, load_cells, reaggregate_cells, write_table
 
 
 @dataclass

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from intattn_tl.data import load_edits
-from intattn_tl.editing import edit
-from intattn_tl.hparams import load_hparams
-from intattn_tl.models import load_model
+from intattn_tl.data.records import load_edits
+from intattn_tl.api import edit
+from intattn_tl.config.hparams import load_hparams
+from intattn_tl.model.load import load_model
 
 
 def main() -> None:

@@ -36,22 +36,22 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    from intattn_tl.evaluate import EvalConfig
-    from intattn_tl.tracking import finish, log_results, start_run
+    from intattn_tl.evaluation.metrics import EvalConfig
+    from intattn_tl.repro.tracking import finish, log_results, start_run
 
     args = parse(argv)
     cfg = EvalConfig(fluency=args.fluency, progress=False)
     if args.fluency_max_len:
         cfg.fluency_max_len = args.fluency_max_len
     if args.table:
-        from intattn_tl.reproduce import TableRun, run_one_cell
+        from intattn_tl.repro.tables import TableRun, run_one_cell
 
         run = TableRun(table=args.table, model=args.model, sizes=tuple(int(s) for s in args.sizes.split(",")),
                        out=args.out, device=args.device, eval_cfg=cfg)
         summary, rows = run_one_cell(run, args.method, args.T)
         project, name = "intattn-tl", f"{args.table}-{args.model}-{args.method}-T{args.T}"
     else:
-        from intattn_tl.sweep import point_path, read_point, run_sweep
+        from intattn_tl.repro.sweep import point_path, read_point, run_sweep
 
         folder = run_sweep(args.model, args.dataset, args.T, (args.alpha,), args.out, cfg, device=args.device)
         summary = read_point(point_path(folder, args.alpha))

@@ -23,11 +23,11 @@ def z_layer(model, method: str, hp) -> int:
 
 
 def main() -> None:
-    from intattn_tl.commands import add_dtype_argument
-    from intattn_tl.commands.edit import parse_overrides  # the same --set syntax as `intattn edit`
-    from intattn_tl.data import load_edits
-    from intattn_tl.hparams import load_hparams
-    from intattn_tl.models import load_model
+    from intattn_tl.cli.common import add_dtype_argument
+    from intattn_tl.cli.edit import parse_overrides
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.config.hparams import load_hparams
+    from intattn_tl.model.load import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -61,9 +61,11 @@ def main() -> None:
 
 
 def check(model, method: str, hp, records, kind: str | None = None) -> dict:
-    from intattn_tl.methods.memit import target_hparams
-    from intattn_tl.prefixes import context_prefixes
-    from intattn_tl.targets import _batch, injected_accuracy, optimize_deltas, residual_at, residual_deltas, step_scale
+    from intattn_tl.edit.chain import target_hparams
+    from intattn_tl.edit.prefixes import context_prefixes
+    from intattn_tl.edit.targets import (
+        _batch, injected_accuracy, optimize_deltas, residual_at, residual_deltas, step_scale,
+    )
 
     layer = z_layer(model, method, hp)
     thp = target_hparams(hp)

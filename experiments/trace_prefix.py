@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from intattn_tl.tracing import write_selection
+from intattn_tl.locate.tracing import write_selection
 
 
 def main() -> None:

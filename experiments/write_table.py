@@ -12,7 +12,7 @@ from pathlib import Path
 
 from reaggregate_results import FolderRun
 
-from intattn_tl.reproduce import write_table
+from intattn_tl.repro.tables import write_table
 
 if __name__ == "__main__":
     folder = Path(sys.argv[1])

@@ -14,8 +14,8 @@ EDITING = [
     ("md", "# Editing walkthrough: one fact, IntAttn-Edit, before/after, weight deltas, rollback\n\n"
            "Runs on the real SmolLM2-135M on a CPU in a few minutes. `SMALL` keeps the key statistics sample small; "
            "set it to False for the full settings."),
-    ("code", "import torch\nfrom intattn_tl import load_model, load_edits\nfrom intattn_tl.editing import edit\n"
-             "from intattn_tl.hparams import load_hparams\n\nSMALL = True\nmodel = load_model('smollm2-135m')\n"
+    ("code", "import torch\nfrom intattn_tl import load_model, load_edits\nfrom intattn_tl.api import edit\n"
+             "from intattn_tl.config.hparams import load_hparams\n\nSMALL = True\nmodel = load_model('smollm2-135m')\n"
              "records = load_edits('wiki_counterfact', limit=2)\nfor r in records:\n    print(r.prompt, '->', r.target_new, '(was', r.ground_truth[0] + ')')"),
     ("code", "def greedy(prompt, n=6):\n    ids = torch.tensor([model.tokenizer(prompt)['input_ids']])\n"
              "    with torch.no_grad():\n        for _ in range(n):\n            nxt = model.bridge(ids)[0, -1].argmax()\n"
@@ -38,10 +38,10 @@ EDITING = [
 ALPHA = [
     ("md", "# The balance factor α\n\nα = ΣLD(attn) / (ΣLD(mlp) + ΣLD(attn)) from causal tracing decides how much of an "
            "edit goes into attention. Here: the measured α for SmolLM2-135M, then a tiny sweep of α on real edits."),
-    ("code", "import json\nfrom intattn_tl.hparams import tracing_result\nres = tracing_result('smollm2-135m')\n"
+    ("code", "import json\nfrom intattn_tl.config.hparams import tracing_result\nres = tracing_result('smollm2-135m')\n"
              "print(json.dumps({k: res[k] for k in ('alpha', 'mlp_layers', 'attn_layers', 'n_facts')}, indent=1) if res else 'no tracing result committed')"),
-    ("code", "from intattn_tl import load_model, load_edits\nfrom intattn_tl.evaluate import EvalConfig, locality_reference\n"
-             "from intattn_tl.sweep import sweep_point, plot_figure4\n\nSMALL = True\nmodel = load_model('smollm2-135m')\n"
+    ("code", "from intattn_tl import load_model, load_edits\nfrom intattn_tl.evaluation.metrics import EvalConfig, locality_reference\n"
+             "from intattn_tl.repro.sweep import sweep_point, plot_figure4\n\nSMALL = True\nmodel = load_model('smollm2-135m')\n"
              "records = load_edits('zsre', limit=4 if SMALL else 100)\ncfg = EvalConfig(fluency_max_len=40 if SMALL else 100, progress=False)\n"
              "ref = locality_reference(model, records, cfg)"),
     ("code", "overrides = {'mom2_n_samples': 20_000} if SMALL else {}\n"

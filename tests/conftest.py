@@ -12,7 +12,7 @@ if not os.environ.get("OMP_NUM_THREADS"):  # an explicit thread count (a loaded 
 
 
 def _load(name):
-    from intattn_tl.models import load_model
+    from intattn_tl.model.load import load_model
 
     return load_model(name)
 
@@ -45,7 +45,7 @@ def smollm():
 
 @pytest.fixture(scope="session")
 def wiki_records():
-    from intattn_tl.data import load_edits
+    from intattn_tl.data.records import load_edits
 
     return load_edits("wiki_counterfact")
 
@@ -62,5 +62,5 @@ def no_model(monkeypatch):
     """Any model load fails the test: the input must be refused before."""
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the bad input was refused")
-    for where in ("intattn_tl.models.load_model", "intattn_tl.reproduce.load_model", "intattn_tl.sweep.load_model"):
+    for where in ("intattn_tl.model.load.load_model", "intattn_tl.repro.tables.load_model", "intattn_tl.repro.sweep.load_model"):
         monkeypatch.setattr(where, refuse)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from intattn_tl.cli import main
-from intattn_tl.commands import check
-from intattn_tl.models import load_model
+from intattn_tl.diagnostics import check
+from intattn_tl.model.load import load_model
 
 
 def _rows(rows):
@@ -37,7 +37,7 @@ def test_a_spec_pointing_at_the_wrong_matrices_fails(name, kind):
 
 
 def test_command_exit_status_follows_the_checks(monkeypatch, capsys):
-    from intattn_tl import models
+    from intattn_tl.model import load as models
 
     assert main(["check", "--model", "tiny-llama", "--records", "0"]) == 0
     assert "5/5 passed" in capsys.readouterr().out

@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord
-from intattn_tl.editing import EditState, edit, get_method
-from intattn_tl.families import FAMILIES, family_class
-from intattn_tl.models import ModelLoadError, TINY_KINDS
-from intattn_tl.targets import Suffixes, _batch, _length_groups, hidden_from, logits_from, residual_at
-from intattn_tl.tokens import answer_ids, prompt_ids
-from intattn_tl.tracing import Stack, _Patch, trace_fact, trace_fact_loop
+from intattn_tl.data.records import EditRecord
+from intattn_tl.edit.transaction import EditState
+from intattn_tl.api import edit
+from intattn_tl.methods.registry import get_method
+from intattn_tl.model.families import FAMILIES, family_class
+from intattn_tl.errors import ModelLoadError
+from intattn_tl.model.tiny import TINY_KINDS
+from intattn_tl.edit.targets import Suffixes, _batch, _length_groups, hidden_from, logits_from, residual_at
+from intattn_tl.model.tokens import answer_ids, prompt_ids
+from intattn_tl.locate.tracing import Stack, _Patch, trace_fact, trace_fact_loop
 from test_models import _hook_capture
 from test_rome_ft import _params
 
@@ -236,7 +239,7 @@ def test_unsupported_architecture_is_refused_naming_it_and_the_supported():
 
 
 def test_supported_type_with_missing_parts_says_what_is_missing(tiny_llama):
-    from intattn_tl.families import Llama
+    from intattn_tl.model.families import Llama
 
     class Bare(torch.nn.Module):
         config = tiny_llama.hf_model.config

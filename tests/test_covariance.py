@@ -4,8 +4,8 @@ layers, the disk cache (hits, corruption, mismatch), and corpora too small to us
 import pytest
 import torch
 
-from intattn_tl import covariance
-from intattn_tl.covariance import (
+from intattn_tl.edit import covariance
+from intattn_tl.edit.covariance import (
     CHUNK, CovarianceError, document_tokens, documents, second_moment, second_moments, token_chunks,
 )
 

@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from intattn_tl import data
-from intattn_tl.data import DataError, EditRecord, answers, validate
+from intattn_tl.data import records as data
+from intattn_tl.data.records import DataError, EditRecord, answers, validate
 
 
 @pytest.mark.parametrize("name", ["zsre", "wiki_counterfact", "counterfact"])

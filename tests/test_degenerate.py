@@ -13,16 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
-import intattn_tl.reproduce  # noqa: F401  imported before `no_model` patches models.load_model
-import intattn_tl.sweep  # noqa: F401
-from intattn_tl import editing
+import intattn_tl.repro.tables  # noqa: F401  imported before `no_model` patches models.load_model
+import intattn_tl.repro.sweep  # noqa: F401
+from intattn_tl import api
+from intattn_tl.methods import registry
 from intattn_tl.cli import main
-from intattn_tl.conflicts import ConflictError
-from intattn_tl.data import EditRecord, load_edits, validate
-from intattn_tl.editing import InsaneEditError, Method, edit, fingerprint
+from intattn_tl.data.conflicts import ConflictError
+from intattn_tl.data.records import EditRecord, load_edits, validate
+from intattn_tl.edit.sanity import InsaneEditError
+from intattn_tl.methods.registry import Method
+from intattn_tl.api import edit
+from intattn_tl.edit.transaction import fingerprint
 from intattn_tl.errors import EnvironmentProblem, IntattnError
-from intattn_tl.evaluate import EvalConfig
-from intattn_tl.hparams import load_hparams
+from intattn_tl.evaluation.metrics import EvalConfig
+from intattn_tl.config.hparams import load_hparams
 
 from tiny_edit import EDIT, FAST
 
@@ -46,7 +50,7 @@ def _record(i: int, target: str, prompt: str = "The Eiffel Tower is located in t
 
 def test_conflicting_requests_are_refused_before_any_work(tiny_llama, monkeypatch):
     ran = []
-    monkeypatch.setattr(editing, "probe", lambda *a: ran.append("probe"))
+    monkeypatch.setattr(api, "probe", lambda *a: ran.append("probe"))
     before = _weights(tiny_llama)
     batch = [_record(0, "Rome"), _record(1, "Berlin", prompt="The  Eiffel Tower is located in the city of ")]
     with pytest.raises(ConflictError, match=r"r/0 -> 'Rome' vs r/1 -> 'Berlin'"):
@@ -70,7 +74,7 @@ def test_benchmark_batches_with_conflicts_refused_on_the_cli_unless_allowed(no_m
     err = _err(capsys)
     assert "wiki_counterfact/13" in err and "wiki_counterfact/255" in err and "--allow-conflicts" in err
     records = load_edits("wiki_counterfact", limit=300)
-    from intattn_tl.conflicts import resolve
+    from intattn_tl.data.conflicts import resolve
 
     assert resolve(records, "allow") == (records, [])  # the tables edit the files as given
 
@@ -96,14 +100,14 @@ def _wreck(model, records, hp, tx, state) -> dict:
 
 @pytest.fixture
 def wreck(monkeypatch):
-    monkeypatch.setitem(editing.METHODS, "wreck", Method("wreck", WreckHparams, _wreck, batch=True))
+    monkeypatch.setitem(registry.METHODS, "wreck", Method("wreck", WreckHparams, _wreck, batch=True))
 
 
 @pytest.fixture
 def opinionated_llama():
     """A tiny model with peaked next-token distributions (a random one's are nearly uniform, so nothing an edit
     does moves them far): its final norm scaled up."""
-    from intattn_tl.models import load_model
+    from intattn_tl.model.load import load_model
 
     model = load_model("tiny-llama")
     with torch.no_grad():
@@ -120,7 +124,7 @@ def test_an_edit_that_changes_every_unrelated_prediction_is_rolled_back_exactly(
 
 
 def test_sanity_limits_are_named_settings(opinionated_llama, wreck):
-    from intattn_tl.sanity import SanityLimits
+    from intattn_tl.edit.sanity import SanityLimits
 
     loose = SanityLimits(max_probe_kl=1e3)
     edit(opinionated_llama, [_record(0, "Rome")], "wreck", WreckHparams(), sanity=loose).rollback()
@@ -152,7 +156,7 @@ def test_a_normal_edit_passes_and_records_its_probe(tiny_llama, cache):
 
 
 def test_cli_refuses_a_wrecking_edit_unless_forced(wreck, cache, capsys, monkeypatch):
-    monkeypatch.setattr("intattn_tl.hparams.load_hparams", lambda *a, **k: WreckHparams(scale=1e-6, chain_ratio=50.0))
+    monkeypatch.setattr("intattn_tl.config.hparams.load_hparams", lambda *a, **k: WreckHparams(scale=1e-6, chain_ratio=50.0))
     argv = ["edit", "--model", "tiny-llama", "--limit", "1", "--no-eval", "--quiet", "--method", "wreck"]
     assert main(argv) == 2
     assert "rolled back exactly" in _err(capsys)
@@ -163,12 +167,13 @@ def test_cli_refuses_a_wrecking_edit_unless_forced(wreck, cache, capsys, monkeyp
 
 
 def test_every_user_error_class_is_an_intattn_error():
+    import pkgutil
+
     import intattn_tl
 
-    modules = ["checks", "covariance", "data", "editing", "hparams", "models", "reproduce", "store", "targets",
-               "tokens", "tracing", "conflicts", "environment"]
+    modules = [m.name for m in pkgutil.walk_packages(intattn_tl.__path__, "intattn_tl.") if not m.name.endswith("__main__")]
     found = {name: cls for m in modules for name, cls in inspect.getmembers(
-        __import__(f"{intattn_tl.__name__}.{m}", fromlist=["x"]), inspect.isclass)
+        __import__(m, fromlist=["x"]), inspect.isclass)
         if name.endswith(("Error", "Problem")) and cls.__module__.startswith("intattn_tl")}
     assert len(found) >= 12 and all(issubclass(c, IntattnError) for c in found.values())
 
@@ -184,7 +189,7 @@ def test_missing_corpus_in_set_is_refused_before_the_model(no_model, capsys, tmp
 
 def test_unwritable_cache_is_refused_before_the_model(no_model, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "ro"))
-    monkeypatch.setattr("intattn_tl.checks._can_create_in", lambda folder: False)  # EROFS, or root-proof EACCES
+    monkeypatch.setattr("intattn_tl.core.checks._can_create_in", lambda folder: False)  # EROFS, or root-proof EACCES
     assert main(EDIT) == 2
     err = _err(capsys)
     assert "cache folder" in err and "INTATTN_CACHE" in err
@@ -194,7 +199,7 @@ def test_full_disk_is_refused_before_the_model(no_model, capsys, tmp_path, monke
     import shutil
 
     real = shutil.disk_usage
-    monkeypatch.setattr("intattn_tl.environment.shutil.disk_usage",
+    monkeypatch.setattr("intattn_tl.core.environment.shutil.disk_usage",
                         lambda p: real(p)._replace(free=40_000) if str(p).startswith(str(tmp_path / "out")) else real(p))
     (tmp_path / "out").mkdir()
     assert main(["reproduce", "table2", "--quick", "--model", "tiny-llama", "--methods", "memit",
@@ -204,12 +209,13 @@ def test_full_disk_is_refused_before_the_model(no_model, capsys, tmp_path, monke
 
 
 def test_a_cold_load_needs_room_for_its_cache(cache, monkeypatch):
-    from intattn_tl.models import cache_bytes_needed, load_model
+    from intattn_tl.model.gguf import cache_bytes_needed
+    from intattn_tl.model.load import load_model
 
     assert cache_bytes_needed("tiny-llama", "float32") == 0
     need = cache_bytes_needed("smollm2-135m", "bfloat16")  # no cache, no GGUF file in this fresh cache
     assert need > 135_000_000 * 2
-    monkeypatch.setattr("intattn_tl.environment.shutil.disk_usage",
+    monkeypatch.setattr("intattn_tl.core.environment.shutil.disk_usage",
                         lambda p: type("U", (), {"free": need // 2})())
     with pytest.raises(EnvironmentProblem, match="cache folder .* needs about"):
         load_model("smollm2-135m", dtype="bfloat16")
@@ -222,7 +228,7 @@ def test_environment_errors_during_work_are_one_line_exit_2(code, words, cache, 
 
     def fail(*a, **k):
         raise OSError(code, "as the OS says it", str(path))
-    monkeypatch.setattr("intattn_tl.reproduce.write_table", fail)
+    monkeypatch.setattr("intattn_tl.repro.tables.write_table", fail)
     assert main(["reproduce", "table2", "--quick", "--model", "tiny-llama", "--methods", "memit", "--no-fluency",
                  "--sizes", "2", "--set", "memit.layers=[1, 2]", "--set", "memit.mom2_n_samples=256",
                  "--out", str(tmp_path / "out")]) == 2
@@ -238,9 +244,9 @@ def test_wandb_online_without_credentials_runs_offline_and_says_so_first(cache, 
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     said_before = []
-    monkeypatch.setattr("intattn_tl.evaluate.evaluate",
+    monkeypatch.setattr("intattn_tl.evaluation.metrics.evaluate",
                         lambda *a, **k: said_before.append("logging offline" in capsys.readouterr().err) or [{"id": "x"}])
-    monkeypatch.setattr("intattn_tl.evaluate.summarize", lambda rows: {"edit_succ": 1.0})
+    monkeypatch.setattr("intattn_tl.evaluation.metrics.summarize", lambda rows: {"edit_succ": 1.0})
     assert main(["eval", "--model", "tiny-llama", "--limit", "1", "--no-fluency", "--quiet", "--wandb"]) == 0
     assert said_before == [True]  # told before the evaluation, not after it
     assert list((tmp_path / "wb").rglob("offline-run-*"))
@@ -253,8 +259,8 @@ def test_wandb_refusing_a_run_is_an_environment_message(cache, capsys, tmp_path,
         raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
     monkeypatch.setattr(wandb, "init", refuse)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
-    monkeypatch.setattr("intattn_tl.evaluate.evaluate", lambda *a, **k: [{"id": "x"}])
-    monkeypatch.setattr("intattn_tl.evaluate.summarize", lambda rows: {"edit_succ": 1.0})
+    monkeypatch.setattr("intattn_tl.evaluation.metrics.evaluate", lambda *a, **k: [{"id": "x"}])
+    monkeypatch.setattr("intattn_tl.evaluation.metrics.summarize", lambda rows: {"edit_succ": 1.0})
     assert main(["eval", "--model", "tiny-llama", "--limit", "1", "--no-fluency", "--quiet", "--wandb"]) == 2
     assert "W&B could not start a run" in _err(capsys)
 
@@ -263,8 +269,8 @@ def test_wandb_refusing_a_run_is_an_environment_message(cache, capsys, tmp_path,
 
 
 def test_a_complete_sweep_folder_is_checked_against_the_asked_settings(cache, tmp_path):
-    from intattn_tl.editing import EditError
-    from intattn_tl.sweep import run_sweep
+    from intattn_tl.edit.transaction import EditError
+    from intattn_tl.repro.sweep import run_sweep
 
     cfg = EvalConfig(fluency=False, progress=False)
     folder = run_sweep("tiny-llama", "zsre", 2, (0.0,), tmp_path, cfg)
@@ -292,16 +298,16 @@ def test_decomposed_subject_in_composed_prompt_is_one_subject(tiny_llama, cache)
 
 
 def test_tokens_name_a_unicode_form_difference(tiny_llama):
-    from intattn_tl.tokens import TokenError, subject_span
+    from intattn_tl.model.tokens import TokenError, subject_span
 
     with pytest.raises(TokenError, match="another Unicode form"):
         subject_span(tiny_llama.tokenizer, f"{ZOE_NFC} was born in", ZOE_NFD)
 
 
 def test_cli_text_and_facts_are_nfc(tiny_llama):
-    from intattn_tl.checks import free_text
-    from intattn_tl.data import KnownFact, Probe
-    from intattn_tl.tracing import _prepare
+    from intattn_tl.core.checks import free_text
+    from intattn_tl.data.records import KnownFact, Probe
+    from intattn_tl.locate.tracing import _prepare
 
     assert free_text(ZOE_NFD) == ZOE_NFC
     assert KnownFact("1", f"{ZOE_NFD} was born in", ZOE_NFD, "Passaic", "P19").subject == ZOE_NFC

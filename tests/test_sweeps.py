@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from intattn_tl.cli import main
-from intattn_tl.evaluate import EvalConfig
-from intattn_tl.reproduce import TableRun, run_table
+from intattn_tl.evaluation.metrics import EvalConfig
+from intattn_tl.repro.tables import TableRun, run_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES, METHODS = (2, 3), ("ft", "memit")  # FT: a one-edit-at-a-time sequence; MEMIT: one batch
@@ -106,16 +106,16 @@ def test_sweep_yamls_cover_each_table(tmp_path):
 def test_trace_shards_then_collect_equal_the_unsharded_run(tmp_path, monkeypatch, capsys):
     import numpy as np
 
-    import intattn_tl.data as data
-    from intattn_tl.data import KnownFact
-    from intattn_tl.tokens import answer_ids
+    import intattn_tl.data.records as data
+    from intattn_tl.data.records import KnownFact
+    from intattn_tl.model.tokens import answer_ids
 
     facts = [KnownFact(str(i), f"I {s} is", s, a, "P1") for i, (s, a) in
              enumerate([("Paris", "France"), ("Rome", "Italy"), ("Oslo", "Norway"), ("Bern", "Swiss"), ("Kyiv", "Ukraine"),
                          ("Lima", "Peru"), ("Baku", "Azeri")])]
     unknown = {"Oslo", "Lima"}  # the model "knows" the others: the selection skips these two
     monkeypatch.setattr(data, "load_known_facts", lambda: facts)
-    monkeypatch.setattr("intattn_tl.tracing.greedy_token", lambda model, prompt: 0 if prompt.split()[1] in unknown
+    monkeypatch.setattr("intattn_tl.locate.tracing.greedy_token", lambda model, prompt: 0 if prompt.split()[1] in unknown
                         else answer_ids(model.tokenizer, prompt, next(f.attribute for f in facts if f.prompt == prompt))[0])
     analysis = ["--attn-width", "1", "--mlp-width", "2", "--min-ld-gap=-inf"]  # how --collect reads the facts too
     base = ["trace", "--model", "tiny-llama", "--facts", "4", "--samples", "2", "--window", "2",
@@ -143,7 +143,7 @@ def test_trace_shards_then_collect_equal_the_unsharded_run(tmp_path, monkeypatch
 
 
 def test_collect_alpha_sweep_lists_missing_points(tmp_path, capsys):
-    from intattn_tl.sweep import run_sweep
+    from intattn_tl.repro.sweep import run_sweep
 
     folder = run_sweep("tiny-llama", "zsre", 2, (0.0,), tmp_path, EvalConfig(fluency=False, progress=False))
     (folder / "points.csv").unlink()
@@ -154,7 +154,7 @@ def test_collect_alpha_sweep_lists_missing_points(tmp_path, capsys):
 
 
 def _race(args):
-    from intattn_tl.store import write_json, write_once
+    from intattn_tl.core.store import write_json, write_once
 
     path, i = args
     write_json(Path(path) / "cell.json", {"writer": i, "pad": "x" * 200_000}, "k")  # a big file: renames race
@@ -164,7 +164,7 @@ def _race(args):
 def test_racing_writers_leave_whole_files(tmp_path):
     from multiprocessing import get_context
 
-    from intattn_tl.store import read_json
+    from intattn_tl.core.store import read_json
 
     with get_context("spawn").Pool(4) as pool:
         created = pool.map(_race, [(str(tmp_path), i) for i in range(8)])

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from intattn_tl.data import EditRecord
-from intattn_tl.families.gemma3 import norm_gain, prenorm_target
-from intattn_tl.targets import (
-    TargetError, TargetHparams, _batch, _cache_path, _length_groups, injected_accuracy, logits_from, module_outputs,
-    optimize_deltas, residual_at, residual_deltas, step_scale, target_deltas,
+from intattn_tl.data.records import EditRecord
+from intattn_tl.model.families.gemma3 import norm_gain, prenorm_target
+from intattn_tl.edit.targets import (
+    TargetError, TargetHparams, _batch, _cache_path, _length_groups, injected_accuracy, logits_from, module_outputs, optimize_deltas, residual_at, residual_deltas, step_scale, target_deltas,
 )
-from intattn_tl.tokens import answer_ids, prompt_ids, subject_span
+from intattn_tl.model.tokens import answer_ids, prompt_ids, subject_span
 
 FACT = EditRecord(id="made-up", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
                   ground_truth=("Zorb",))
@@ -188,7 +187,7 @@ def test_injected_accuracy_measures_the_targets(tiny_llama):
 
 def test_targets_on_a_bfloat16_model():
     # bfloat16 weights and residuals, float32 master delta: the optimisation runs and the target works
-    from intattn_tl.models import load_model
+    from intattn_tl.model.load import load_model
 
     model = load_model("tiny-llama", dtype="bfloat16")
     record = EditRecord(id="z", prompt="Tell me of Zorbania", subject="Zorbania", target_new="Q", ground_truth=("x",))

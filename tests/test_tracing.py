@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from intattn_tl.balance import (
-    CLASSES, aggregate, balance_factor, critical_layers, summarize, token_classes,
-)
-from intattn_tl.tokens import TokenError, answer_ids
-from intattn_tl.tracing import (
-    KINDS, TraceError, embedding_std, subject_noise, trace_dataset, trace_fact, trace_fact_loop,
-    window_layers,
+from intattn_tl.locate.balance import CLASSES, aggregate, balance_factor, critical_layers, summarize, token_classes
+from intattn_tl.model.tokens import TokenError, answer_ids
+from intattn_tl.locate.tracing import (
+    KINDS, TraceError, embedding_std, subject_noise, trace_dataset, trace_fact, trace_fact_loop, window_layers,
 )
 
 FACT = ("I Paris is", "Paris", "France")  # byte tokens: subject at 2..7, not at the start; answer multi-token
@@ -157,7 +154,7 @@ def test_ld_average_leaves_out_facts_the_noise_barely_moves(both):
 
 
 def test_trace_dataset_reports_skips(tiny_llama):
-    from intattn_tl.data import KnownFact
+    from intattn_tl.data.records import KnownFact
 
     facts = [KnownFact("a", FACT[0], FACT[1], FACT[2], "P1"), KnownFact("b", "Rome is", "Milan", "Italy", "P1")]
     out = trace_dataset(tiny_llama, facts, known_only=False, progress=False, n_samples=1, kinds=("resid",))
@@ -181,11 +178,11 @@ def test_real_model_traces_a_known_fact(smollm, tmp_path):
 
 def test_trace_command_writes_outputs(tmp_path, monkeypatch):
     from intattn_tl.cli import main
-    from intattn_tl.data import KnownFact
-    import intattn_tl.data as data
+    from intattn_tl.data.records import KnownFact
+    import intattn_tl.data.records as data
 
     monkeypatch.setattr(data, "load_known_facts", lambda: [KnownFact("0", *FACT, "P1")] * 2)
-    monkeypatch.setattr("intattn_tl.tracing.greedy_token", lambda model, prompt: answer_ids(model.tokenizer, FACT[0], FACT[2])[0])
+    monkeypatch.setattr("intattn_tl.locate.tracing.greedy_token", lambda model, prompt: answer_ids(model.tokenizer, FACT[0], FACT[2])[0])
     result = tmp_path / "r.json"
     rc = main(["trace", "--model", "tiny-llama", "--facts", "2", "--out", str(tmp_path), "--samples", "2",
                "--window", "2", "--seed", "2", "--attn-width", "1", "--mlp-width", "2", "--result-file", str(result),
@@ -204,8 +201,8 @@ def test_trace_command_writes_outputs(tmp_path, monkeypatch):
 
 
 def test_store_resumes_and_refuses_other_settings(tiny_llama, tmp_path, monkeypatch):
-    from intattn_tl import tracing
-    from intattn_tl.data import KnownFact
+    from intattn_tl.locate import tracing
+    from intattn_tl.data.records import KnownFact
 
     facts = [KnownFact("a", *FACT, "P1"), KnownFact("b", "I Rome is", "Rome", "Italy", "P1")]
     kw = dict(known_only=False, progress=False, n_samples=2, kinds=("mlp", "attn_window"), window=2, store=tmp_path)
@@ -245,7 +242,7 @@ def test_trace_command_on_your_own_facts(tmp_path, capsys):
     assert "fact fact-0:" in out and "'oboe'" in out  # the first fact's answer is the model's own; the file's is kept
     assert sorted(p.name for p in (tmp_path / "out" / "facts").glob("*.npz")) == ["fact-0.npz", "fact-1.npz"]
     # a fact whose subject is not in its prompt, and own facts with --install-defaults, are refused before work
-    import intattn_tl.models as models
+    import intattn_tl.model.load as models
 
     real_load = models.load_model
     models.load_model = lambda *a, **k: pytest.fail("the model loaded before the facts were checked")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from intattn_tl import tracking
+from intattn_tl.repro import tracking
 
 
 @pytest.fixture

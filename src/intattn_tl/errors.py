@@ -62,3 +62,11 @@ def environment_problem(err: BaseException, where: dict[str, Path] | None = None
         what, fix = f"permission denied{at}", "make it writable for this user"
     return EnvironmentProblem(f"{what}: {fix}, or {_elsewhere(path, where)}; finished results are kept, so the "
                               "same command resumes once fixed")
+
+
+class ModelLoadError(IntattnError, RuntimeError):
+    """A model could not be found, fetched or loaded; the message says what to do."""
+
+
+class ReproduceError(IntattnError, ValueError):
+    """A reproduction that would mix incompatible cells into one folder."""

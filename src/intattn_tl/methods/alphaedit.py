@@ -7,21 +7,30 @@ K_p K_p^T sums the keys of earlier sequential batches; it lives in the EditState
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..editing import EditError, EditState, WeightTransaction, register
-from ..keys import mlp_keys
-from ..models import LoadedModel
-from ..solve import nullspace_projector, solve_projected
-from .memit import (
-    TargetFields, check_layers, check_target_layer, default_mlp_layers, edit_prefixes, edit_statistics, memit_chain,
+from intattn_tl.edit.chain import (
+    TargetFields,
+    check_layers,
+    check_target_layer,
+    default_mlp_layers,
+    edit_prefixes,
+    edit_statistics,
+    memit_chain,
     targets_at,
 )
+from intattn_tl.edit.keys import mlp_keys
+from intattn_tl.edit.solve import nullspace_projector, solve_projected
+from intattn_tl.edit.transaction import EditError, EditState, WeightTransaction
+from intattn_tl.methods.registry import register
+from intattn_tl.model.spec import LoadedModel
 
 
 @dataclass
 class AlphaEditHparams(TargetFields):
+    TRACED: ClassVar[dict[str, str]] = {"layers": "mlp_layers"}  # fields config.load_hparams fills from tracing
     layers: list[int] | None = None  # None: tracing result's MLP layers, else default_mlp_layers
     nullspace_threshold: float = 2e-2  # EasyEdit's: eigenvalues of E[k k^T] below it span the null space
     L2: float = 10.0  # EasyEdit's name for the ridge term l2 I

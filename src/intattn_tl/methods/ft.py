@@ -18,11 +18,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..editing import EditError, EditState, WeightTransaction, register
-from ..models import LoadedModel
-from ..targets import logits_from
-from ..tokens import answer_ids, prompt_ids
-from .memit import check_layers
+from intattn_tl.edit.chain import check_layers
+from intattn_tl.edit.targets import logits_from
+from intattn_tl.edit.transaction import EditError, EditState, WeightTransaction
+from intattn_tl.methods.registry import register
+from intattn_tl.model.spec import LoadedModel
+from intattn_tl.model.tokens import answer_ids, prompt_ids
 
 
 @dataclass

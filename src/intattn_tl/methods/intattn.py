@@ -24,30 +24,28 @@ exactly MEMIT with the same MLP hyperparameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from ..editing import EditError, EditState, WeightTransaction, register
-from ..hparams import tracing_result
-from ..keys import resid_post
-from ..models import LoadedModel
-from .memit import (
-    MEMITHparams, check_layers, edit_prefixes, edit_statistics, lam_solver, memit_chain, targets_at,
-)
+from intattn_tl.edit.chain import check_layers, edit_prefixes, edit_statistics, lam_solver, memit_chain, targets_at
+from intattn_tl.edit.keys import resid_post
+from intattn_tl.edit.transaction import EditError, EditState, WeightTransaction
+from intattn_tl.methods.memit import MEMITHparams
+from intattn_tl.methods.registry import register
+from intattn_tl.model.spec import LoadedModel
 
 
 def default_attn_layers(model: LoadedModel) -> list[int]:
-    """Tracing result's attention layers, else the early band 1..n/7 (attention matters early)."""
-    traced = tracing_result(model.name) or {}
-    if traced.get("attn_layers"):
-        return list(traced["attn_layers"])
+    """The early band 1..n/7 (attention matters early), where no tracing result gave attention layers."""
     return list(range(1, max(2, model.spec.n_layers // 7) + 1))
 
 
-DEFAULT_ALPHA = 0.3  # used only when neither the YAML nor a tracing result gives alpha
+DEFAULT_ALPHA = 0.3  # used only when neither the YAML, the overrides nor a tracing result gives alpha
 
 
 @dataclass
 class IntAttnHparams(MEMITHparams):
-    alpha: float | None = None  # None: tracing result's alpha, else DEFAULT_ALPHA
+    TRACED: ClassVar[dict[str, str]] = {"layers": "mlp_layers", "attn_layers": "attn_layers", "alpha": "alpha"}
+    alpha: float | None = None  # None: tracing result's alpha (filled by config.load_hparams), else DEFAULT_ALPHA
     attn_layers: list[int] | None = None  # None: tracing result's, else default_attn_layers
     attn_mom2_update_weight: float = 15000.0
     attn_subject_tokens: str = "last"  # "all": attention key = mean over the subject span
@@ -56,10 +54,7 @@ class IntAttnHparams(MEMITHparams):
     target_site: str = "shared"  # or "per_chain"
 
     def resolved_alpha(self, model: LoadedModel) -> float:
-        alpha = self.alpha
-        if alpha is None:
-            alpha = (tracing_result(model.name) or {}).get("alpha", DEFAULT_ALPHA)
-        return float(alpha)
+        return float(self.alpha if self.alpha is not None else DEFAULT_ALPHA)
 
     def resolved_attn_layers(self, model: LoadedModel) -> list[int]:
         layers = self.attn_layers if self.attn_layers is not None else default_attn_layers(model)

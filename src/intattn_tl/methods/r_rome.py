@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..editing import EditState, WeightTransaction, register
-from ..models import LoadedModel
-from .rome import ROMEHparams, rome_update
+from intattn_tl.edit.transaction import EditState, WeightTransaction
+from intattn_tl.methods.registry import register
+from intattn_tl.methods.rome import ROMEHparams, rome_update
+from intattn_tl.model.spec import LoadedModel
 
 
 @dataclass

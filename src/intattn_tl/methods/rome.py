@@ -24,12 +24,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..editing import EditError, EditState, WeightTransaction, register
-from ..keys import mlp_keys
-from ..models import LoadedModel
-from ..prefixes import ROME_LENGTHS
-from ..targets import target_deltas
-from .memit import TargetFields, check_layers, check_target_layer, edit_prefixes, edit_statistics, target_hparams
+from intattn_tl.edit.chain import (
+    TargetFields,
+    check_layers,
+    check_target_layer,
+    edit_prefixes,
+    edit_statistics,
+    target_hparams,
+)
+from intattn_tl.edit.keys import mlp_keys
+from intattn_tl.edit.prefixes import ROME_LENGTHS
+from intattn_tl.edit.targets import target_deltas
+from intattn_tl.edit.transaction import EditError, EditState, WeightTransaction
+from intattn_tl.methods.registry import register
+from intattn_tl.model.spec import LoadedModel
 
 
 @dataclass

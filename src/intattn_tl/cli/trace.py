@@ -1,0 +1,227 @@
+"""`intattn trace`: causal tracing over known facts; writes arrays, CSV, figures and the alpha/layers file.
+
+Across machines: `intattn trace ... --shard i/n --out DIR` on n machines sharing DIR (each traces every n-th
+chosen fact into DIR/facts), then `intattn trace --collect --out DIR` writes what the unsharded run writes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+INSTALL_MIN_FACTS = 100  # a package default is never installed from a smoke run
+
+
+def _layers(layers):
+    return None if layers is None else list(layers)
+
+
+def add_arguments(p) -> None:
+    from intattn_tl.cli.common import add_dtype_argument, add_placement_arguments
+    from intattn_tl.core.checks import device, int_list, integer, name_list, out_dir, out_file, real
+    from intattn_tl.locate.tracing import KINDS
+
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--facts", type=integer(lo=1), default=100, help="trace this many facts the model knows (known_1000)")
+    p.add_argument("--fact", nargs="+", action="append", metavar=("PROMPT SUBJECT", "ANSWER"),
+                   help="trace your own fact instead of known_1000: PROMPT SUBJECT [ANSWER] (default ANSWER: the "
+                   "model's own greedy answer); repeatable")
+    p.add_argument("--facts-file", metavar="FILE", help="your own facts from a .json / .jsonl / .csv file (prompt, "
+                   "subject, optional attribute)")
+    p.add_argument("--out", required=True, type=out_dir, help="output folder (also gets the alpha/layers JSON)")
+    p.add_argument("--device", default="cpu", type=device, help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--samples", type=integer(lo=1), default=10, help="noise samples per fact")
+    p.add_argument("--noise-scale", type=real(lo=0, lo_open=True), default=3.0,
+                   help="noise std in units of the embedding std")
+    p.add_argument("--window", type=integer(lo=1), default=10, help="layers restored together by the *_window kinds")
+    p.add_argument("--seed", type=integer(lo=0), default=0)
+    p.add_argument("--kinds", default=None, type=name_list(KINDS), help="comma-separated restoration kinds to trace "
+                   "(resid, attn, mlp, attn_window, mlp_window; default: all)")
+    add_dtype_argument(p)  # tracing computes in the model's dtype
+    add_placement_arguments(p)
+    p.add_argument("--min-ld-gap", type=real(finite=False), default=1.0, help="leave facts whose corruption lowers "
+                   "logit(r) - logit(r') by less than this out of the LD averages (see balance.py)")
+    p.add_argument("--single", action="store_true", help="choose layers/alpha from single-layer curves, not windows")
+    p.add_argument("--attn-width", type=integer(lo=1), default=3, help="number of consecutive critical attention layers")
+    p.add_argument("--mlp-width", type=integer(lo=1), default=5, help="number of consecutive critical MLP layers")
+    p.add_argument("--attn-layers", type=int_list(lo=0), help="override: comma-separated attention layers")
+    p.add_argument("--mlp-layers", type=int_list(lo=0), help="override: comma-separated MLP layers")
+    p.add_argument("--result-file", type=out_file, help="also write the alpha/layers JSON here")
+    p.add_argument("--install-defaults", action="store_true",
+                   help="also write it to the package's model_results/<model>.json, the default alpha/layers of every "
+                   f"later edit (needs --facts >= {INSTALL_MIN_FACTS}); without it the package defaults never change")
+    p.add_argument("--no-result-file", action="store_true", help=argparse.SUPPRESS)  # the old opt-out; now the default
+    p.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N", help="trace only every N-th chosen fact, "
+                   "starting at I (0..N-1), into OUT/facts; N shards on machines sharing OUT trace the unsharded run's "
+                   "facts; then --collect")
+    p.add_argument("--collect", action="store_true", help="write the arrays, CSV, figures and alpha/layers JSON from "
+                   "the facts the shards stored in OUT/facts (no model is loaded; tracing settings come from there); "
+                   "exit 1, listing them, while facts are missing")
+
+
+def shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard I/N needs 0 <= I < N, got {text}")
+    return i, n
+
+
+def run(args) -> int:
+    from intattn_tl.api import trace_facts
+    from intattn_tl.cli.common import placement
+    from intattn_tl.data.records import DataError, load_known_facts
+    from intattn_tl.data.requests import checked_trace_facts, read_trace_facts
+    from intattn_tl.locate.tracing import KINDS, TraceError, read_store, trace_dataset
+    from intattn_tl.model.load import load_model
+
+    out = Path(args.out)
+    command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
+    if args.collect:
+        trace, missing, stored = read_store(out / "facts")
+        if missing:
+            print(f"intattn trace --collect: {len(missing)} of {len(missing) + len(trace.results)} facts not traced yet "
+                  f"(their shards are running or failed): {', '.join(missing)}", file=sys.stderr)
+            return 1
+        args.facts = len(trace.results)  # what the shards were asked for, as far as the record is concerned
+        args.model, args.dtype, args.kinds = stored["model"], stored["dtype"], stored["kinds"]
+        args.samples, args.noise_scale, args.window, args.seed = (stored[k] for k in ("n_samples", "noise_scale",
+                                                                                       "window", "seed"))
+    if args.install_defaults and args.facts < INSTALL_MIN_FACTS:
+        print(f"intattn trace: error: --install-defaults needs --facts >= {INSTALL_MIN_FACTS} (a smoke run never "
+              f"changes the package defaults); got --facts {args.facts}", file=sys.stderr)
+        return 2
+    kinds = tuple(args.kinds) if args.kinds else KINDS
+    own = [tuple(f) for f in args.fact or []]
+    bad = [f for f in own if len(f) not in (2, 3)]
+    if bad:
+        raise DataError(f"--fact takes PROMPT SUBJECT [ANSWER], got {len(bad[0])} value(s): {bad[0]}")
+    if args.facts_file:
+        own += [tuple(v for v in (f["prompt"], f["subject"], f["attribute"]) if v) for f in read_trace_facts(args.facts_file)]
+    if own:
+        checked_trace_facts(own)  # before the model loads
+    if own and (args.collect or args.install_defaults):
+        raise DataError("--fact / --facts-file trace your facts now: they neither --collect shards nor "
+                        "--install-defaults (the package defaults come from known_1000)")
+    if not args.collect:
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        model = load_model(args.model, dtype=args.dtype, **placement(args))
+        facts = trace_facts(model, own) if own else load_known_facts()
+        if own:
+            args.facts = len(facts)
+            for f in facts:
+                print(f"fact {f.id}: {f.prompt!r} -> {f.attribute!r} (subject {f.subject!r})")
+        try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
+            trace = trace_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
+                                  noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
+                                  store=out / "facts", settings={"model": args.model, "dtype": args.dtype,
+                                                                 **({"own_facts": [[f.prompt, f.subject, f.attribute]
+                                                                                   for f in facts]} if own else {})},
+                                  shard=args.shard)
+        except TraceError as err:
+            print(f"intattn trace: {err}", file=sys.stderr)
+            return 2
+        print(f"traced {len(trace.results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in "
+              f"{time.time() - t0:.0f}s")
+        if args.shard[1] > 1:
+            print(f"shard {args.shard[0]}/{args.shard[1]} done -> {out / 'facts'}; when every shard is: "
+                  f"intattn trace --collect --out {out}")
+            return 0
+    return write_outputs(args, out, kinds, trace, command)
+
+
+def write_outputs(args, out: Path, kinds, trace, command: str | None) -> int:
+    """Arrays, effects CSV, figures and the alpha/layers JSON from the traced facts (one run or its shards)."""
+    import numpy as np
+
+    from intattn_tl.config.hparams import RESULTS_DIR
+    from intattn_tl.locate.balance import CLASSES, aggregate, summarize
+    from intattn_tl.locate.plots import plot_heatmaps, plot_layer_curves
+    from intattn_tl.locate.tracing import TraceError
+
+    results = trace.results
+    if not results:
+        print("no fact could be traced; see skipped.json", file=sys.stderr)
+        (out / "skipped.json").write_text(json.dumps(trace.skipped, indent=1))
+        return 1
+    if len(results) < args.facts:
+        print(f"warning: only {len(results)} known facts found, fewer than --facts {args.facts}", file=sys.stderr)
+
+    ld, prob = aggregate(results, "ld", args.min_ld_gap), aggregate(results, "prob")
+    print(f"normalized-LD averages over {ld['n_facts']} facts (corruption lowers LD by >= {args.min_ld_gap}); "
+          f"probability averages over {prob['n_facts']}")
+    arrays = {"kinds": np.array(kinds), "classes": np.array(CLASSES)}
+    for name, agg in (("ld", ld), ("prob", prob)):
+        arrays.update({f"{name}_{k}": v for k, v in agg.items() if k != "n_facts"})
+    for i, r in enumerate(results):
+        arrays.update({f"fact{i}_prob": r.prob, f"fact{i}_logit_diff": r.logit_diff,
+                       f"fact{i}_scalars": np.array([r.p_clean, r.p_corrupt, r.ld_clean, r.ld_corrupt])})
+    np.savez_compressed(out / "trace.npz", **arrays)
+    facts_meta = [{"prompt": r.prompt, "subject": r.subject, "answer": r.answer, "tokens": r.tokens,
+                   "subject_span": r.subject_span, "contrast_token": r.contrast_token,
+                   "p_clean": r.p_clean, "p_corrupt": r.p_corrupt, "ld_clean": r.ld_clean, "ld_corrupt": r.ld_corrupt}
+                  for r in results]
+    (out / "facts.json").write_text(json.dumps({"facts": facts_meta, "skipped": trace.skipped}, indent=1))
+
+    with (out / "effects.csv").open("w") as f:
+        f.write("metric,kind,layer,token_class,mean,se,count\n")
+        for name, agg in (("ld", ld), ("prob", prob)):
+            for k, kind in enumerate(kinds):
+                for layer in range(agg["mean"].shape[1]):
+                    for c, cls in enumerate(CLASSES):
+                        f.write(f"{name},{kind},{layer},{cls},{agg['mean'][k, layer, c]:.6g},"
+                                f"{agg['se'][k, layer, c]:.6g},{agg['count'][k, layer, c]}\n")
+
+    import matplotlib.pyplot as plt
+
+    title = f"{args.model}, {len(results)} facts ({ld['n_facts']} with LD drop >= {args.min_ld_gap} in LD panels)"
+    windows, singles = ("attn_window", "mlp_window"), ("attn", "mlp")
+    use_window = not args.single and set(windows) <= set(kinds)
+    pair = windows if use_window else singles
+    figures = {}
+    if set(windows) <= set(kinds):
+        figures["fig1_heatmaps.png"] = plot_heatmaps(ld, kinds, title=title)
+    shown = tuple(k for k in ("resid", "attn", "mlp") if k in kinds)
+    if shown:
+        figures["fig1_heatmaps_single.png"] = plot_heatmaps(ld, kinds, show=shown, title=title + ", single layer")
+    if set(pair) <= set(kinds):
+        figures["fig2_last_subject.png"] = plot_layer_curves(ld, prob, kinds, pair=pair, title=title)
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+
+    try:
+        summary = summarize(results, attn_width=args.attn_width, mlp_width=args.mlp_width, window=use_window,
+                            attn_layers=_layers(args.attn_layers), mlp_layers=_layers(args.mlp_layers),
+                            min_ld_gap=args.min_ld_gap)
+    except TraceError as err:
+        print(f"intattn trace: no alpha/layers file written: {err} (arrays and figures are in {out})", file=sys.stderr)
+        return 1
+    record = {
+        "model": args.model, "alpha": round(summary["alpha"], 4), "mlp_layers": summary["mlp_layers"],
+        "attn_layers": summary["attn_layers"], "n_facts": len(results), "n_read": trace.seen,
+        "min_ld_gap": args.min_ld_gap, "n_facts_ld": summary["n_facts_ld"],
+        "curve": f"window {args.window}" if use_window else "single layer",
+        "n_samples": args.samples, "dtype": args.dtype, "noise_scale": args.noise_scale, "seed": args.seed,
+        "overridden": bool(args.attn_layers or args.mlp_layers),
+        "ld_last_subject": {k: [round(x, 4) for x in v] for k, v in summary["curves"].items() if k != "kinds"},
+        "command": command or f"intattn trace --model {args.model} --facts {args.facts} --out {args.out}",
+    }
+    text = json.dumps(record, indent=1)
+    (out / f"{args.model}.json").write_text(text)
+    targets = ([Path(args.result_file)] if args.result_file else []) + \
+        ([RESULTS_DIR / f"{args.model}.json"] if args.install_defaults else [])  # where hparams.tracing_result reads
+    for target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text + "\n")
+        print(f"wrote {target}")
+    if not args.install_defaults:
+        print("package defaults unchanged (use --install-defaults to make this alpha/these layers every edit's default)")
+    print(f"alpha={record['alpha']} attn_layers={record['attn_layers']} mlp_layers={record['mlp_layers']} -> {out}")
+    return 0

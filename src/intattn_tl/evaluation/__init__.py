@@ -1,0 +1,1 @@
+"""EasyEdit's metrics (Edit Succ., Generalization, Portability, Locality, Fluency), batched: `metrics`."""

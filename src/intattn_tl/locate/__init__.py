@@ -1,0 +1,1 @@
+"""Locating facts: causal tracing (`tracing`), α and the critical layers (`balance`), figures (`plots`)."""

@@ -1,0 +1,154 @@
+"""The α sweep (the paper's Figure 4): IntAttn-Edit at a fixed T for a grid of α, one point at a time.
+
+α = 0 puts the whole update into the MLPs (MEMIT), α = 1 into attention. `sweep_point` is what both the
+local runner (`make sweep-alpha`) and the W&B agent (`experiments/sweep_agent.py`) call per α.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from tqdm.auto import tqdm
+
+from intattn_tl.api import check_hparams, edit
+from intattn_tl.config.hparams import load_hparams
+from intattn_tl.core.checks import CheckError, check_int, check_real, writable_dir
+from intattn_tl.core.settings import code_version, differences, edit_settings
+from intattn_tl.core.store import IntegrityError, _atomic, read_result, write_json, write_rows, write_text
+from intattn_tl.data.records import load_edits
+from intattn_tl.edit.transaction import EditError
+from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
+from intattn_tl.model.load import load_model
+from intattn_tl.model.spec import LoadedModel
+from intattn_tl.repro.tables import SCORING
+from intattn_tl.repro.tracking import finish, log_results, start_run
+
+DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
+
+
+def sweep_point(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig, ref=None,
+                overrides: dict | None = None) -> dict:
+    """Edit `records` with IntAttn-Edit at this α, evaluate, roll back; returns the summary metrics."""
+    return point_and_rows(model, records, alpha, eval_cfg, ref, overrides)[0]
+
+
+def point_and_rows(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig, ref=None,
+                   overrides: dict | None = None) -> tuple[dict, list[dict]]:
+    """`sweep_point`'s summary and the per-record rows it was made from."""
+    hp = load_hparams("intattn", model.name, {**(overrides or {}), "alpha": float(alpha)})
+    t0 = time.time()
+    result = edit(model, records, method="intattn", hparams=hp, conflicts="allow", sanity=None)  # as reproduce.run_cell
+    try:
+        rows = evaluate(model, records, eval_cfg, locality_ref=ref)
+    finally:
+        result.rollback()
+    return {"alpha": float(alpha), "T": len(records), **summarize(rows), "seconds": time.time() - t0}, rows
+
+
+def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Path = Path("runs"),
+              eval_cfg: EvalConfig | None = None, wandb: bool = False, device: str = "cpu",
+              placement: dict | None = None) -> Path:
+    """All grid points (resuming finished ones) -> `<out>/sweep-<model>-<dataset>-T<T>/points.csv` + figure4.png."""
+    eval_cfg = eval_cfg or EvalConfig()
+    grid = _check_grid(grid, T)
+    folder = writable_dir(Path(out) / f"sweep-{model_name}-{dataset}-T{T}" / "points").parent
+    done = {p: read_point(p) for p in sorted((folder / "points").glob("alpha-*.json"))}
+    todo = [a for a in grid if point_path(folder, a) not in done]
+    # The model is loaded even when every point exists: the points' settings are checked against this run's
+    # (dtype, YAML, tracing defaults), so a figure is never shown for settings it was not made with.
+    model = load_model(model_name, **{"device": device, **(placement or {})})  # placement: device(_map), max_memory
+    hps = {a: load_hparams("intattn", model.name, {"alpha": a}) for a in grid}
+    for hp in hps.values():  # every point checked before the first one runs
+        check_hparams("intattn", hp, model)
+    _check_resume(done, _point_settings(model, hps[grid[0]], dataset, eval_cfg))
+    if todo:
+        records = load_edits(dataset, limit=T)
+        ref = locality_reference(model, records, eval_cfg)
+        for alpha in tqdm(todo, desc="alpha sweep", unit="point"):
+            point, rows = point_and_rows(model, records, alpha, eval_cfg, ref)
+            point |= {"model": model_name, "dataset": dataset}
+            point["settings"] = {**_point_settings(model, hps[alpha], dataset, eval_cfg), "code": code_version()}
+            write_rows(point_path(folder, alpha).with_suffix(".csv"), rows)  # first: a point never lacks its rows
+            write_json(point_path(folder, alpha), point, {"alpha": round(alpha, 3)})
+            if wandb:
+
+                wb = start_run("sweep-alpha", config={"alpha": alpha, "T": T, "model": model_name, "dataset": dataset},
+                               name=f"{model_name}-alpha{alpha:.2f}", project="intattn-tl-alpha", dir=folder)
+                log_results(wb, {k: v for k, v in point.items() if isinstance(v, (int, float))}, rows)
+                finish(wb)
+    write_points(folder, title=f"{model_name}, {dataset}, T={T}")
+    return folder
+
+
+def write_points(folder: Path, title: str) -> list[dict]:
+    """points.csv + figure4.png from every point file in `folder`/points, whoever wrote it; returns the points."""
+    points = sorted((read_point(p) for p in (folder / "points").glob("alpha-*.json")), key=lambda p: p["alpha"])
+    points = [{k: v for k, v in p.items() if k != "settings"} for p in points]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for p in points for k in p)))
+    w.writeheader()
+    w.writerows(points)
+    write_text(folder / "points.csv", buf.getvalue())
+    plot_figure4(points, folder / "figure4.png", title=title)
+    return points
+
+
+def _check_grid(grid, T: int) -> tuple[float, ...]:
+    try:
+        check_int("T", T, lo=1)
+        if not len(grid):
+            raise CheckError("the alpha grid is empty")
+        return tuple(check_real("each alpha of the grid", a, 0.0, 1.0) for a in grid)
+    except CheckError as err:
+        raise EditError(str(err)) from None
+
+
+def _point_settings(model: LoadedModel, hp, dataset: str, eval_cfg: EvalConfig) -> dict:
+    """A point's settings minus α (which is what varies): resolved hyperparameters, dataset, scoring."""
+
+    s = edit_settings("intattn", hp, model)
+    s["hparams"] = {k: v for k, v in s["hparams"].items() if k != "alpha"}
+    return json.loads(json.dumps({**s, "dataset": dataset, "eval": {k: getattr(eval_cfg, k) for k in SCORING}},
+                                 default=str))
+
+
+def point_path(folder: Path, alpha: float) -> Path:
+    return folder / "points" / f"alpha-{alpha:.3f}.json"
+
+
+def read_point(path: Path) -> dict:
+    alpha = path.stem.removeprefix("alpha-")
+    try:
+        return read_result(path, {"alpha": round(float(alpha), 3)}, lambda p: f"{p.get('alpha', -1):.3f}" == alpha)
+    except IntegrityError as err:
+        raise EditError(f"sweep point {err}; delete it to recompute the point") from None
+
+
+def _check_resume(done: dict, settings: dict) -> None:
+    for path, point in done.items():
+        old = {k: v for k, v in (point.get("settings") or {}).items() if k != "code"}
+        diff = differences(old, settings) if old else []
+        if diff:
+            raise EditError(f"{path} was made with other settings than this run's: {'; '.join(diff)}. "
+                            "Use another --out, or the same settings.")
+
+
+def plot_figure4(points: list[dict], path: Path, title: str = "") -> Path:
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    alphas = [p["alpha"] for p in points]
+    for ax, (key, label) in zip(axes, FIG4_METRICS):
+        ax.plot(alphas, [p.get(key, float("nan")) for p in points], marker="o")
+        ax.set_xlabel("α (0 = MLP only, 1 = attention only)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Figure 4 — metrics vs α ({title})")
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
