@@ -10,10 +10,12 @@ import csv
 import io
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import tracking
 from .checks import CheckError, check_int, check_real, writable_dir
 from .data import load_edits
 from .editing import EditError, check_hparams, edit
@@ -24,6 +26,7 @@ from .settings import code_version, differences, edit_settings
 from .store import IntegrityError, _atomic, read_result, write_json, write_rows, write_text
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+PROJECT = "intattn-tl-alpha"  # the W&B project of the α points (experiments/sweep_alpha.yaml's too)
 FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
 
 
@@ -72,14 +75,20 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
             write_rows(point_path(folder, alpha).with_suffix(".csv"), rows)  # first: a point never lacks its rows
             write_json(point_path(folder, alpha), point, {"alpha": round(alpha, 3)})
             if wandb:
-                from .tracking import finish, log_results, start_run
-
-                wb = start_run("sweep-alpha", config={"alpha": alpha, "T": T, "model": model_name, "dataset": dataset},
-                               name=f"{model_name}-alpha{alpha:.2f}", project="intattn-tl-alpha", dir=folder)
-                log_results(wb, {k: v for k, v in point.items() if isinstance(v, (int, float))}, rows)
-                finish(wb)
+                log_point(point, rows, eval_cfg, folder.name)
     write_points(folder, title=f"{model_name}, {dataset}, T={T}")
     return folder
+
+
+def log_point(point: dict, rows: list[dict], eval_cfg: EvalConfig, group: str, extra: dict | None = None) -> Path:
+    """One W&B run per α point: config = its resolved settings with α (hyperparameters, model, dtype, T,
+    dataset, evaluation, code version) and `extra`, summary = its metrics, table `per_record` = its rows."""
+    config = {"alpha": point["alpha"], "T": point["T"], **point["settings"], "eval_config": asdict(eval_cfg),
+              **(extra or {})}
+    config["hparams"] = {**config["hparams"], "alpha": point["alpha"]}
+    numbers = {k: v for k, v in point.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return tracking.log_run("sweep-alpha", json.loads(json.dumps(config, default=str)), numbers, {"per_record": rows},
+                            name=f"{point['model']}-alpha{point['alpha']:.2f}", group=group, project=PROJECT)
 
 
 def write_points(folder: Path, title: str) -> list[dict]:
