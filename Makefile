@@ -17,7 +17,10 @@ OUT     ?= runs
 DTYPE   ?=
 # JOBS=2: two worker processes fill the table's cells side by side (one thread each on a 2-core CPU)
 JOBS    ?=
-REPRO   := $(BIN)/intattn reproduce --model $(MODEL) --out $(OUT) $(if $(QUICK),--quick,) $(if $(DTYPE),--dtype $(DTYPE),) $(if $(JOBS),--jobs $(JOBS),)
+# Every command logs its results to W&B, offline to ./wandb unless you configured W&B; WANDB=0 turns it off
+WANDB   ?= 1
+NOWB    := $(if $(filter 0 no false,$(WANDB)),--no-wandb,)
+REPRO   := $(BIN)/intattn reproduce --model $(MODEL) --out $(OUT) $(if $(QUICK),--quick,) $(if $(DTYPE),--dtype $(DTYPE),) $(if $(JOBS),--jobs $(JOBS),) $(NOWB)
 
 help:
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-22s %s\n", $$1, $$2}'
@@ -32,10 +35,10 @@ $(BIN)/intattn: pyproject.toml
 setup: $(BIN)/intattn  ## create .venv and install the toolkit with its test extras
 
 run: setup  ## trace a fact, read α, edit LIMIT=20 records with MEMIT and IntAttn-Edit, evaluate, roll back -> runs/demo (MODEL=, THREADS=1)
-	$(BIN)/intattn demo --model $(MODEL) --limit $(LIMIT) --out $(OUT)/demo $(if $(THREADS),--threads $(THREADS),)
+	$(BIN)/intattn demo --model $(MODEL) --limit $(LIMIT) --out $(OUT)/demo $(if $(THREADS),--threads $(THREADS),) $(NOWB)
 
 eval: setup  ## evaluate the unedited model on the first LIMIT WikiData_counterfact records
-	$(BIN)/intattn eval --model $(MODEL) --dataset wiki_counterfact --limit $(LIMIT) $(if $(THREADS),--threads $(THREADS),)
+	$(BIN)/intattn eval --model $(MODEL) --dataset wiki_counterfact --limit $(LIMIT) $(if $(THREADS),--threads $(THREADS),) $(NOWB)
 
 test: setup  ## the whole test suite (tiny models + the real SmolLM2 model)
 	$(BIN)/python -m pytest -q
@@ -47,7 +50,7 @@ test-fast: setup  ## unit tests only (no real model)
 TRACE_FLAGS ?= --kinds attn_window,mlp_window --dtype bfloat16
 
 trace: setup  ## causal tracing over 100 known facts -> results/tracing/$(MODEL) (TRACE_FLAGS=--install-defaults: also the package default)
-	$(BIN)/intattn trace --model $(MODEL) --facts $(if $(QUICK),3,100) --out results/tracing/$(MODEL) $(TRACE_FLAGS)
+	$(BIN)/intattn trace --model $(MODEL) --facts $(if $(QUICK),3,100) --out results/tracing/$(MODEL) $(TRACE_FLAGS) $(NOWB)
 
 reproduce-table2: setup  ## Table 2: KnowEdit WikiData_counterfact, T=100/300/500, all methods (MODEL=, QUICK=1, DTYPE=bfloat16, JOBS=2)
 	$(REPRO) table2
@@ -55,11 +58,11 @@ reproduce-table2: setup  ## Table 2: KnowEdit WikiData_counterfact, T=100/300/50
 reproduce-table1: setup  ## Table 1: the same on KnowEdit ZsRE
 	$(REPRO) table1
 
-sweep-alpha: setup  ## Figure 4: IntAttn-Edit over a grid of α at fixed T, offline W&B logging
-	$(REPRO) sweep-alpha --wandb
+sweep-alpha: setup  ## Figure 4: IntAttn-Edit over a grid of α at fixed T (each point a W&B run, as every cell)
+	$(REPRO) sweep-alpha
 
 collect: setup  ## assemble the tables / α sweeps in OUT from the cells present (sweep agents), list the missing ones
-	$(BIN)/intattn reproduce collect --out $(OUT)
+	$(BIN)/intattn reproduce collect --out $(OUT) $(NOWB)
 
 reproduce-figures: trace sweep-alpha  ## Figures 1, 2 (tracing) and 4 (α sweep)
 

@@ -6,7 +6,8 @@
 The result goes to the shared `--out` folder exactly as `intattn reproduce` writes it (atomic files; a point
 already there is logged, not recomputed), so `intattn reproduce collect --out DIR` assembles the table or
 figure from whatever the agents on all machines finished. W&B passes the grid values as `--name=value`;
-without W&B credentials the run is logged offline.
+without W&B credentials the run is logged offline. The run's config is the cell's or point's resolved
+settings (as `intattn reproduce` logs them) plus this script's arguments under `agent`.
 """
 
 from __future__ import annotations
@@ -37,29 +38,28 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     from intattn_tl.evaluation.metrics import EvalConfig
-    from intattn_tl.repro.tracking import finish, log_results, start_run
+    from intattn_tl.core.store import read_rows
 
     args = parse(argv)
     cfg = EvalConfig(fluency=args.fluency, progress=False)
     if args.fluency_max_len:
         cfg.fluency_max_len = args.fluency_max_len
+    agent = {"agent": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     if args.table:
-        from intattn_tl.repro.tables import TableRun, run_one_cell
+        from intattn_tl.repro.tables import TableRun, log_cell, run_one_cell
 
         run = TableRun(table=args.table, model=args.model, sizes=tuple(int(s) for s in args.sizes.split(",")),
                        out=args.out, device=args.device, eval_cfg=cfg)
         summary, rows = run_one_cell(run, args.method, args.T)
-        project, name = "intattn-tl", f"{args.table}-{args.model}-{args.method}-T{args.T}"
+        log_cell(run, args.method, args.T, summary, rows, extra=agent)
     else:
-        from intattn_tl.repro.sweep import point_path, read_point, run_sweep
+        from intattn_tl.repro.sweep import log_point, point_path, read_point, run_sweep
 
         folder = run_sweep(args.model, args.dataset, args.T, (args.alpha,), args.out, cfg, device=args.device)
         summary = read_point(point_path(folder, args.alpha))
-        project, name = "intattn-tl-alpha", f"{args.model}-alpha{args.alpha:.2f}"
-    wb = start_run(args.table or "sweep-alpha", config=vars(args), name=name, project=project)
+        rows = read_rows(point_path(folder, args.alpha).with_suffix(".csv"))  # the point's per-record rows
+        log_point(summary, rows, cfg, folder.name, extra=agent)
     scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    log_results(wb, scalars, [scalars] if args.alpha is not None else rows)
-    finish(wb)
     print(scalars)
     return scalars
 

@@ -50,6 +50,14 @@ def wiki_records():
     return load_edits("wiki_counterfact")
 
 
+@pytest.fixture(autouse=True)
+def wandb_off(tmp_path, monkeypatch):
+    """Commands log to W&B by default. In tests nothing is logged unless a test sets WANDB_MODE=offline (then
+    into its tmp_path): never online, never into the working tree, and no W&B start-up in every command test."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+
+
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     """An empty cache folder of this test's own ($INTATTN_CACHE)."""

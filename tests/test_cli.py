@@ -7,12 +7,13 @@ import csv
 import pytest
 
 from intattn_tl.cli import main
+from wandb_offline import runs, table
 
 
 def test_eval_help(capsys):
     assert main(["eval", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--model", "--dataset", "--limit", "--wandb", "--out", "--no-fluency"):
+    for flag in ("--model", "--dataset", "--limit", "--no-wandb", "--out", "--no-fluency"):
         assert flag in out
 
 
@@ -30,7 +31,9 @@ def test_eval_tiny_model_table_csv_and_wandb(tmp_path, monkeypatch, capsys):
     assert [r["id"] for r in rows] == ["wiki_counterfact/0", "wiki_counterfact/1", "wiki_counterfact/2"]
     assert all(float(r["locality"]) == 1.0 and 0 <= float(r["edit_succ"]) <= 1 for r in rows)
     assert rows[0]["generalization"] == ""  # no rephrase prompts in this dataset: empty, not "nan"
-    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
+    (run,) = runs(tmp_path)  # --wandb: the former opt-in, now the default
+    assert run["config"]["eval_config"]["fluency_max_len"] == 30 and run["config"]["n_records"] == 3
+    assert run["summary"]["locality"] == pytest.approx(100.0) and len(table(run, "per_record")["data"]) == 3
 
 
 @pytest.mark.parametrize("argv, message", [

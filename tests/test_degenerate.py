@@ -258,6 +258,7 @@ def test_wandb_refusing_a_run_is_an_environment_message(cache, capsys, tmp_path,
     def refuse(**k):
         raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
     monkeypatch.setattr(wandb, "init", refuse)
+    monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
     monkeypatch.setattr("intattn_tl.evaluation.metrics.evaluate", lambda *a, **k: [{"id": "x"}])
     monkeypatch.setattr("intattn_tl.evaluation.metrics.summarize", lambda rows: {"edit_succ": 1.0})

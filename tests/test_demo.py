@@ -10,6 +10,7 @@ from intattn_tl.cli import demo
 from intattn_tl.evaluation.metrics import NAMES
 from intattn_tl.model.load import load_model
 from intattn_tl.model.spec import weights_fingerprint
+from wandb_offline import runs, table
 
 TINY = ["--model", "tiny-llama", "--limit", "2", "--samples", "2", "--fluency-len", "12", "--greedy-len", "4",
         "--quiet", "--set", "mom2_n_samples=256", "--set", "v_num_grad_steps=3", "--set", "use_prefixes=false"]
@@ -17,6 +18,7 @@ TINY = ["--model", "tiny-llama", "--limit", "2", "--samples", "2", "--fluency-le
 
 def test_demo_writes_everything_and_restores_the_weights(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("INTATTN_CACHE", str(tmp_path / "cache"))  # cold: statistics and targets computed here
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the default logging, into $WANDB_DIR = tmp_path (conftest)
     out = tmp_path / "demo"
     snapshots = []
     from intattn_tl import api
@@ -60,6 +62,23 @@ def test_demo_writes_everything_and_restores_the_weights(tmp_path, capsys, monke
     assert all(e["restored_bit_exact"] for e in summary["edits"].values())
     assert summary["alpha"]["source"] is None and summary["alpha"]["used"]["alpha"] == pytest.approx(0.3)
     assert list((tmp_path / "cache").glob("targets-v2/*/*.pt")), "the targets were cached for both editors"
+
+    # one W&B run: both editors' resolved settings, each edit's chain statistics, the metrics and the figures
+    (run,) = runs(tmp_path)
+    assert "W&B run logged offline" in text and run["job_type"] == "demo"
+    settings = run["config"]["settings"]
+    assert settings["memit"]["hparams"]["mom2_n_samples"] == 256 and settings["intattn"]["hparams"]["alpha"] == 0.3
+    assert run["config"]["limit"] == 2 and run["config"]["eval_config"]["fluency_max_len"] == 12
+    for m in summary["metrics"]:
+        assert run["summary"][f"{m['method']}/edit_succ"] == pytest.approx(m["edit_succ"])
+    assert run["summary"]["IntAttn-Edit/alpha"] == pytest.approx(0.3)
+    chain = table(run, "IntAttn-Edit/edit_steps")
+    kinds = [r[chain["columns"].index("kind")] for r in chain["data"]]
+    assert "w_o" in kinds and "w_out" in kinds and "chain_ratio" in chain["columns"]
+    assert {r[0] for r in table(run, "MEMIT/edit_weights")["data"]} == {0}  # one batch
+    assert len(table(run, "per_record")["data"]) == 3 * 2  # pre-edit, MEMIT, IntAttn-Edit x 2 records
+    for name in ("trace_attn_window", "trace_mlp_window", "metrics"):
+        assert (run["dir"] / "files" / run["summary"][f"{name}/path"]).stat().st_size > 1000
 
 
 @pytest.mark.parametrize("extra, message", [

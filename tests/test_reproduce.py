@@ -13,6 +13,7 @@ import yaml
 from intattn_tl.evaluation.metrics import EvalConfig
 from intattn_tl.repro.tables import TableRun, _marks, load_cells, run_table
 from intattn_tl.repro.sweep import run_sweep
+from wandb_offline import runs, table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +96,11 @@ def test_wandb_sweep_config_parses_and_agent_runs_one_point_offline(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "'alpha': 0.5" in proc.stdout
-    assert list(tmp_path.glob("wandb/offline-run-*"))
+    (run,) = runs(tmp_path)  # the point's resolved settings, the agent's arguments, its per-record rows
+    assert run["config"]["alpha"] == 0.5 and run["config"]["hparams"]["alpha"] == 0.5
+    assert run["config"]["agent"]["T"] == 2 and run["summary"]["T"] == 2
+    logged = table(run, "per_record")
+    assert [r[logged["columns"].index("id")] for r in logged["data"]] == ["zsre/0", "zsre/1"]
 
 
 def test_reproduce_cli_quick_on_tiny_model(tmp_path, capsys):

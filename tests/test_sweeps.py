@@ -80,11 +80,12 @@ def test_collect_lists_missing_cells_and_logs_an_artifact(sequential, tmp_path, 
     out = capsys.readouterr().out
     assert "1 missing" in out and "table2-tiny-llama: memit T=3" in out
     assert "| MEMIT | (not run) |" in (folder / "table.md").read_text()
-    logs = list(folder.glob("wandb/offline-run-*/run-*.wandb"))
+    logs = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))  # $WANDB_DIR/wandb (conftest: tmp_path)
     assert len(logs) == 1 and b"table.md" in logs[0].read_bytes()
     # the expected grid can be narrowed; an empty folder is an error, not a success
-    assert main(["reproduce", "collect", "--out", str(tmp_path), "--methods", "ft"]) == 0
-    assert main(["reproduce", "collect", "--out", str(tmp_path), "--methods", "ft", "--sizes", "2,4"]) == 1
+    assert main(["reproduce", "collect", "--out", str(tmp_path), "--methods", "ft", "--no-wandb"]) == 0
+    assert main(["reproduce", "collect", "--out", str(tmp_path), "--methods", "ft", "--sizes", "2,4", "--no-wandb"]) == 1
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb")) == logs  # --no-wandb: no artifact logged
     assert main(["reproduce", "collect", "--out", str(tmp_path / "nothing")]) == 2
 
 

@@ -7,8 +7,6 @@ import time
 
 import torch
 
-
-
 # ----------------------------------------------------------------------------- the command
 
 
@@ -32,8 +30,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from intattn_tl.cli.common import placement
     from intattn_tl.data.records import DataError, load_edits
-    from intattn_tl.edit.covariance import CHUNK
     from intattn_tl.diagnostics.check import format_rows, run_checks
+    from intattn_tl.edit.covariance import CHUNK
     from intattn_tl.model.load import load_model
 
     if args.records < 0:

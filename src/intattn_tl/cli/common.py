@@ -34,14 +34,15 @@ def placement(args) -> dict:
 
 def preflight(args) -> None:
     """Before any work: the cache folder and every output writable with room for what the command will write,
-    each file named in `--set` readable, and W&B usable (EnvironmentProblem naming the path / setting)."""
+    each file named in `--set` readable, and W&B usable: its folder writable, an online mode it cannot follow
+    said (EnvironmentProblem naming the path / setting)."""
     import sys
     from pathlib import Path
 
     from intattn_tl.core.environment import MIN_FREE_CACHE, check_cache, check_out, check_setting_paths
     from intattn_tl.model.gguf import cache_bytes_needed
     from intattn_tl.model.registry import KNOWN_MODELS
-    from intattn_tl.repro.tracking import wandb_notice
+    from intattn_tl.repro.tracking import check_dir, wandb_notice, wanted
 
     check_setting_paths(getattr(args, "overrides", None) or [])
     model = getattr(args, "model", None)
@@ -53,5 +54,7 @@ def preflight(args) -> None:
         if path is not None:
             path = Path(path)
             check_out(path.parent if path.is_file() else path, f"--{setting}")
-    if getattr(args, "wandb", False) and (notice := wandb_notice()):
-        print(f"intattn {args.command}: {notice}", file=sys.stderr)
+    if wanted(args):  # logging at the end must not fail after the work is done
+        check_dir()
+        if notice := wandb_notice():
+            print(f"intattn {args.command}: {notice}", file=sys.stderr)

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from intattn_tl.repro import tracking
+
 METHODS = (("memit", "MEMIT"), ("intattn", "IntAttn-Edit"))
 COLUMNS = ["edit_succ", "portability", "locality", "fluency"]
 FACT = ("The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris")
@@ -46,6 +48,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default="cpu", type=device)
     p.add_argument("--threads", type=integer(lo=1), help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    tracking.add_arguments(p)  # one run: both edits' settings and chain statistics, the metrics, the figures
 
 
 def _check(args) -> None:
@@ -282,7 +285,7 @@ def run(args) -> int:
     warm_caches(model, records, hps, args.quiet)
     log(f"done in {log.took('statistics + targets', t0)}")
 
-    edits = {}
+    edits, logged = {}, {}  # logged: method -> (summary, tables) for W&B
     for method, name in METHODS:
         t0 = log.stage(f"{name}: edit {len(records)} records, evaluate, roll back")
         try:
@@ -294,6 +297,7 @@ def run(args) -> int:
         rows[name] = evaluate(model, records, cfg, locality_ref=ref)
         texts[name] = greedy(model, shown.prompt, args.greedy_len)
         result.rollback()
+        logged[method] = tracking.edit_log([result], prefix=f"{name}/")
         restored = weights_fingerprint(model) == fingerprint
         edited = sorted(f"{k}[{l}]" for k, l in result.tx.originals)
         edits[name] = {"edit_seconds": round(t_edit, 1), "edited": edited, "restored_bit_exact": restored,
@@ -339,5 +343,27 @@ def run(args) -> int:
                        ("summary.json", "alpha and its source, edited weights, timings, continuations"),
                        ("demo.log", "this output")):
         log(f"  {name:<22} {what}")
+    if tracking.wanted(args):
+        log(tracking.where(log_demo(args, model, hps, cfg, trace, alpha, summaries, rows, logged, out)))
     (out / "demo.log").write_text("\n".join(log.lines) + "\n")
     return 0
+
+
+def log_demo(args, model, hps: dict, cfg, trace: dict, alpha: dict, summaries: list[dict], rows: dict,
+             logged: dict, out: Path) -> Path:
+    """One W&B run of the whole demo: config = its settings and both editors' resolved hyperparameters;
+    summary = the traced fact's numbers, α and layers used, and each method's metrics and edit statistics
+    (keys "MEMIT/edit_succ", ...); tables = each edit's chain steps and weight changes, every per-record
+    metric; images = the tracing heatmaps and the metrics bars."""
+    from intattn_tl.core.settings import edit_settings
+
+    config = tracking.command_config(args, settings={m: edit_settings(m, hps[m], model) for m, _ in METHODS},
+                                     eval_config=vars(cfg), used=alpha["used"], n_records=len(rows["pre-edit"]))
+    summary = {"p_clean": trace["p_clean"], "p_corrupt": trace["p_corrupt"], **alpha["used"]}
+    summary |= {f"{s['method']}/{k}": v for s in summaries for k, v in s.items() if k != "method"}
+    tables = {"per_record": [{"method": name, **row} for name, rs in rows.items() for row in rs]}
+    for stats, method_tables in logged.values():
+        summary |= stats
+        tables |= method_tables
+    images = {Path(f).stem: f for f in trace["figures"]} | {"metrics": out / "metrics.png"}
+    return tracking.log_run("demo", config, summary, tables, images, name=f"demo-{args.model}-{len(rows['pre-edit'])}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from intattn_tl.repro import tracking
+
 
 def add_arguments(p) -> None:
     from intattn_tl.api import MAX_PROMPT_TOKENS
@@ -49,6 +51,7 @@ def add_arguments(p) -> None:
     add_dtype_argument(p)
     add_placement_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    tracking.add_arguments(p)  # one run: resolved hparams, chain statistics, weight changes, pre/post metrics
 
 
 def parse_overrides(items: list[str], alpha: float | None) -> dict:
@@ -102,6 +105,7 @@ def run(args) -> int:
     from intattn_tl.api import check_hparams, check_lengths, edit, fill_ground_truth
     from intattn_tl.cli.common import placement
     from intattn_tl.config.hparams import HparamsError, load_hparams
+    from intattn_tl.core.settings import edit_settings
     from intattn_tl.data.conflicts import resolve
     from intattn_tl.data.records import data_path, load_edits
     from intattn_tl.data.requests import checked_records
@@ -135,7 +139,8 @@ def run(args) -> int:
 
             cfg = EvalConfig(fluency=not args.no_fluency, progress=not args.quiet)
             ref = locality_reference(model, records, cfg)
-            pre = summarize(evaluate(model, records, cfg, locality_ref=ref))
+            pre_rows = evaluate(model, records, cfg, locality_ref=ref)
+            pre = summarize(pre_rows)
         t0 = time.time()
         state, results = EditState(), []
         for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
@@ -150,7 +155,8 @@ def run(args) -> int:
     if not args.no_eval:
         from intattn_tl.evaluation.metrics import format_table
 
-        post = summarize(evaluate(model, records, cfg, locality_ref=ref))
+        post_rows = evaluate(model, records, cfg, locality_ref=ref)
+        post = summarize(post_rows)
         print(format_table([{**label, "": "pre", **pre}, {**label, "": "post", **post}]))
     alpha = results[-1].stats.get("alpha")
     print(f"\n{len(records)} edits in {len(groups)} batch(es), {t_edit:.1f}s"
@@ -161,6 +167,18 @@ def run(args) -> int:
         from intattn_tl.edit.export import edit_card, export_model
 
         print(f"edited model: {export_model(model, args.export, [edit_card(r) for r in results])}")
+    if tracking.wanted(args):
+        config = tracking.command_config(args, settings=edit_settings(args.method, hp, model), n_records=len(records),
+                                         record_ids=[r.id for r in records], n_batches=len(groups),
+                                         eval_config=None if args.no_eval else vars(cfg))
+        summary, tables = tracking.edit_log(results)
+        summary |= {"n_records": len(records), "edit_seconds": t_edit}
+        if not args.no_eval:
+            summary |= {f"pre/{k}": v for k, v in pre.items()} | {f"post/{k}": v for k, v in post.items()}
+            tables["per_record"] = [{"stage": stage, **row} for stage, rows in (("pre", pre_rows), ("post", post_rows))
+                                    for row in rows]
+        print(tracking.where(tracking.log_run("edit", config, summary, tables,
+                                              name=f"edit-{args.method}-{args.model}-{len(records)}")))
     return 0
 
 

@@ -7,6 +7,8 @@ import math
 import time
 from pathlib import Path
 
+from intattn_tl.repro import tracking
+
 
 def add_arguments(p) -> None:
     from intattn_tl.api import MAX_PROMPT_TOKENS
@@ -26,7 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-prompt-tokens", type=integer(lo=1), default=MAX_PROMPT_TOKENS,
                    help=f"refuse records with a longer prompt or probe, before any forward pass (default {MAX_PROMPT_TOKENS})")
     p.add_argument("--out", type=out_file, help="write the per-record metrics to this CSV")
-    p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (offline unless you configured W&B)")
+    tracking.add_arguments(p)
     p.add_argument("--data-dir", help="benchmark folder (default $INTATTN_DATA, else the copies shipped with the package)")
     p.add_argument("--device", default="cpu", type=device)
     add_dtype_argument(p)
@@ -78,12 +80,8 @@ def run(args) -> int:
     if args.out:
         write_csv(rows, args.out)
         print(f"per-record metrics: {args.out}")
-    if args.wandb:
-        from intattn_tl.repro.tracking import finish, log_results, start_run
-
-        config = {**vars(args), "out": str(args.out) if args.out else None, "eval_config": vars(cfg)}
-        config.pop("_run", None)
-        wb = start_run("eval", config, name=f"eval-{args.model}-{args.dataset}-{len(records)}")
-        log_results(wb, summary, rows)
-        print(f"W&B run: {finish(wb)}")
+    if tracking.wanted(args):
+        config = tracking.command_config(args, n_records=len(records), eval_config=vars(cfg))
+        print(tracking.where(tracking.log_run("eval", config, summary, {"per_record": rows},
+                                              name=f"eval-{args.model}-{args.dataset}-{len(records)}")))
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from intattn_tl.repro import tracking
+
 QUICK_SIZES = (4, 8)
 QUICK_GRID = (0.0, 0.5, 1.0)
 
@@ -29,8 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dataset", default="zsre", choices=EDIT_DATASETS,
                    help="dataset of the α sweep (the paper's Figure 4 uses ZsRE)")
     p.add_argument("--no-fluency", action="store_true", help="skip the generation-based Fluency metric")
-    p.add_argument("--wandb", action="store_true", help="log every cell / point to W&B (offline unless configured); "
-                   "collect: log the assembled tables as W&B artifacts")
+    tracking.add_arguments(p)  # every new cell / α point a W&B run; collect: the assembled files as artifacts
     p.add_argument("--jobs", type=integer(lo=1), default=1,
                    help="tables: worker processes filling the missing cells side by side, the CPU threads split "
                         "among them (2 on a 2-core CPU: one-edit-at-a-time methods gain little from a second thread)")
@@ -67,9 +68,10 @@ def run(args) -> int:
 
         grid = args.grid or (QUICK_GRID if args.quick else DEFAULT_GRID)
         folder = run_sweep(args.model, args.dataset, 4 if args.quick else args.T, grid, args.out, eval_cfg,
-                           wandb=args.wandb, placement={**where, "dtype": args.dtype})
+                           wandb=tracking.wanted(args), placement={**where, "dtype": args.dtype})
         print((folder / "points.csv").read_text())
         print(f"figure: {folder / 'figure4.png'}")
+        _say_logged(args, "α point")
         return 0
     sizes = args.sizes or (QUICK_SIZES if args.quick else (100, 300, 500))
     methods = args.methods or METHODS
@@ -81,11 +83,20 @@ def run(args) -> int:
     out = args.out / "quick" if args.quick and args.out == Path("runs") else args.out
     run_ = TableRun(table=args.what, model=args.model, sizes=sizes, methods=methods, out=out,
                     device=args.device, dtype=args.dtype, device_map=where.get("device_map"), max_memory=where.get("max_memory"),
-                    eval_cfg=eval_cfg, hparam_overrides=overrides, wandb=args.wandb, jobs=args.jobs)
+                    eval_cfg=eval_cfg, hparam_overrides=overrides, wandb=tracking.wanted(args), jobs=args.jobs)
     folder = run_table(run_)
     print((folder / "table.md").read_text())
     print(f"per-record scores: {folder / 'cells'}")
+    _say_logged(args, "cell")
     return 0
+
+
+def _say_logged(args, unit: str) -> None:
+    if tracking.wanted(args):
+        mode = tracking.wandb_mode()
+        print(f"W&B: every {unit} computed by this run was logged as one run ({mode}) under "
+              f"{tracking.wandb_dir() / 'wandb'}" + (" (upload: wandb sync <run folder>; --no-wandb turns logging "
+                                                     "off)" if mode == "offline" else ""))
 
 
 def method_overrides(items: list[str]) -> dict[str, dict]:
@@ -118,10 +129,8 @@ def collect(args) -> int:
     for folder, files, gaps in units:
         print(f"assembled {', '.join(str(f) for f in files)}")
         missing += [f"{folder.name}: {gap}" for gap in gaps]
-        if args.wandb:
-            from intattn_tl.repro.tracking import log_artifact
-
-            log_artifact(folder.name, files, {"folder": str(folder)}, dir=folder)
+        if tracking.wanted(args):
+            tracking.log_artifact(folder.name, files, tracking.command_config(args, folder=str(folder)))
     if missing:
         print(f"{len(missing)} missing (still running, not started, or failed):", *missing, sep="\n  ")
         return 1

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from intattn_tl.repro import tracking
+
 INSTALL_MIN_FACTS = 100  # a package default is never installed from a smoke run
 
 
@@ -57,6 +59,7 @@ def add_arguments(p) -> None:
     p.add_argument("--shard", type=shard, default=(0, 1), metavar="I/N", help="trace only every N-th chosen fact, "
                    "starting at I (0..N-1), into OUT/facts; N shards on machines sharing OUT trace the unsharded run's "
                    "facts; then --collect")
+    tracking.add_arguments(p)  # one run of the whole trace (not of a --shard): α, layers, curves, heatmaps
     p.add_argument("--collect", action="store_true", help="write the arrays, CSV, figures and alpha/layers JSON from "
                    "the facts the shards stored in OUT/facts (no model is loaded; tracing settings come from there); "
                    "exit 1, listing them, while facts are missing")
@@ -224,4 +227,32 @@ def write_outputs(args, out: Path, kinds, trace, command: str | None) -> int:
     if not args.install_defaults:
         print("package defaults unchanged (use --install-defaults to make this alpha/these layers every edit's default)")
     print(f"alpha={record['alpha']} attn_layers={record['attn_layers']} mlp_layers={record['mlp_layers']} -> {out}")
+    if tracking.wanted(args):
+        print(tracking.where(log_trace(args, out, kinds, record, ld, prob, figures)))
     return 0
+
+
+def log_trace(args, out: Path, kinds, record: dict, ld: dict, prob: dict, figures: dict) -> Path:
+    """One W&B run: config = the trace's resolved settings, summary = α and the critical layers, tables = the
+    layer curves at the last subject token (layer x kind, LD and probability; also as line plots) and every
+    effect of effects.csv, images = the figures written to `out`."""
+    from intattn_tl.locate.balance import CLASSES
+
+    last = CLASSES.index("last subject")
+    curves = [{"kind": kind, "layer": layer, "ld": float(ld["mean"][k, layer, last]),
+               "ld_se": float(ld["se"][k, layer, last]), "prob": float(prob["mean"][k, layer, last]),
+               "prob_se": float(prob["se"][k, layer, last])}
+              for k, kind in enumerate(kinds) for layer in range(ld["mean"].shape[1])]
+    effects = [{"metric": name, "kind": kind, "layer": layer, "token_class": cls, "mean": float(agg["mean"][k, layer, c]),
+                "se": float(agg["se"][k, layer, c]), "count": int(agg["count"][k, layer, c])}
+               for name, agg in (("ld", ld), ("prob", prob)) for k, kind in enumerate(kinds)
+               for layer in range(agg["mean"].shape[1]) for c, cls in enumerate(CLASSES)]
+    resolved = {k: record[k] for k in ("model", "dtype", "n_samples", "noise_scale", "seed", "min_ld_gap", "curve",
+                                       "overridden", "command")}
+    config = tracking.command_config(args, **resolved, kinds=list(kinds), out=str(out))
+    summary = {k: record[k] for k in ("alpha", "attn_layers", "mlp_layers", "n_facts", "n_read", "n_facts_ld")}
+    return tracking.log_run("trace", config, summary, {"layer_curves": curves, "effects": effects},
+                            images={name.removesuffix(".png"): out / name for name in figures},
+                            lines={"ld_by_layer": ("layer_curves", "layer", "ld", "kind"),
+                                   "prob_by_layer": ("layer_curves", "layer", "prob", "kind")},
+                            name=f"trace-{args.model}-{record['n_facts']}facts")

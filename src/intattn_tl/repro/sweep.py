@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,10 +26,11 @@ from intattn_tl.edit.transaction import EditError
 from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
 from intattn_tl.model.load import load_model
 from intattn_tl.model.spec import LoadedModel
+from intattn_tl.repro import tracking
 from intattn_tl.repro.tables import SCORING
-from intattn_tl.repro.tracking import finish, log_results, start_run
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+PROJECT = "intattn-tl-alpha"  # the W&B project of the α points (experiments/sweep_alpha.yaml's too)
 FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
 
 
@@ -77,13 +79,20 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
             write_rows(point_path(folder, alpha).with_suffix(".csv"), rows)  # first: a point never lacks its rows
             write_json(point_path(folder, alpha), point, {"alpha": round(alpha, 3)})
             if wandb:
-
-                wb = start_run("sweep-alpha", config={"alpha": alpha, "T": T, "model": model_name, "dataset": dataset},
-                               name=f"{model_name}-alpha{alpha:.2f}", project="intattn-tl-alpha", dir=folder)
-                log_results(wb, {k: v for k, v in point.items() if isinstance(v, (int, float))}, rows)
-                finish(wb)
+                log_point(point, rows, eval_cfg, folder.name)
     write_points(folder, title=f"{model_name}, {dataset}, T={T}")
     return folder
+
+
+def log_point(point: dict, rows: list[dict], eval_cfg: EvalConfig, group: str, extra: dict | None = None) -> Path:
+    """One W&B run per α point: config = its resolved settings with α (hyperparameters, model, dtype, T,
+    dataset, evaluation, code version) and `extra`, summary = its metrics, table `per_record` = its rows."""
+    config = {"alpha": point["alpha"], "T": point["T"], **point["settings"], "eval_config": asdict(eval_cfg),
+              **(extra or {})}
+    config["hparams"] = {**config["hparams"], "alpha": point["alpha"]}
+    numbers = {k: v for k, v in point.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return tracking.log_run("sweep-alpha", json.loads(json.dumps(config, default=str)), numbers, {"per_record": rows},
+                            name=f"{point['model']}-alpha{point['alpha']:.2f}", group=group, project=PROJECT)
 
 
 def write_points(folder: Path, title: str) -> list[dict]:
@@ -140,6 +149,8 @@ def _check_resume(done: dict, settings: dict) -> None:
 
 
 def plot_figure4(points: list[dict], path: Path, title: str = "") -> Path:
+
+
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     alphas = [p["alpha"] for p in points]
     for ax, (key, label) in zip(axes, FIG4_METRICS):

@@ -24,7 +24,7 @@ import io
 import json
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -40,12 +40,12 @@ from intattn_tl.data.records import load_edits
 from intattn_tl.edit.transaction import EditState
 from intattn_tl.errors import ReproduceError
 from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
-from intattn_tl.methods.registry import get_method
+from intattn_tl.methods import get_method
 from intattn_tl.model.load import load_model
 from intattn_tl.model.spec import LoadedModel
+from intattn_tl.repro import tracking
 from intattn_tl.repro.parallel import run_parallel
 from intattn_tl.repro.plots import plot_table
-from intattn_tl.repro.tracking import finish, log_results, start_run
 
 METHODS = ("ft", "rome", "r-rome", "memit", "alphaedit", "intattn")
 DISPLAY = {"pre-edit": "Pre-edit", "ft": "FT", "rome": "ROME", "r-rome": "R-ROME", "memit": "MEMIT",
@@ -74,7 +74,7 @@ class TableRun:
     max_memory: dict | None = None
     eval_cfg: EvalConfig = field(default_factory=EvalConfig)
     hparam_overrides: dict = field(default_factory=dict)  # method -> {field: value}
-    wandb: bool = False
+    wandb: bool = False  # log each cell it computes as a W&B run (log_cell); `intattn reproduce` turns it on
     jobs: int = 1  # worker processes filling the table side by side (run_parallel); the CPU threads are split
 
     @property
@@ -330,16 +330,21 @@ def _write_cell(run: TableRun, method: str, T: int, summary: dict, rows: list[di
     write_rows(cell_path(run, method, T).with_suffix(".csv"), rows)
     write_json(cell_path(run, method, T), summary, _cell_key(method, T))
     if run.wandb:
-        _log_wandb(run, method, T, summary, rows)
+        log_cell(run, method, T, summary, rows)
 
 
-def _log_wandb(run: TableRun, method: str, T: int, summary: dict, rows: list[dict]) -> None:
-
-    wb = start_run(run.table, config={"table": run.table, "model": run.model, "method": method, "T": T,
-                                      "dataset": run.dataset}, name=f"{run.table}-{run.model}-{method}-T{T}",
-                   dir=run.dir)
-    log_results(wb, summary, rows)
-    finish(wb)
+def log_cell(run: TableRun, method: str, T: int, summary: dict, rows: list[dict], extra: dict | None = None) -> Path:
+    """One W&B run per cell: config = the cell's resolved settings (hyperparameters as used, model, dtype, T,
+    dataset, evaluation, code version) and `extra`, summary = its metrics and timings, tables = its per-record
+    scores and, for a one-edit-at-a-time method, what each edit of the sequence did."""
+    config = {"table": run.table, "T": T, "dtype": run.dtype, "device": summary.get("device"), **summary["settings"],
+              "eval_config": asdict(run.eval_cfg), **(extra or {})}  # settings' "eval": the scoring fields
+    tables = {"per_record": rows}
+    if summary.get("per_edit"):
+        tables["per_edit"] = [{k: v for k, v in e.items() if not isinstance(v, (list, dict))} for e in summary["per_edit"]]
+    numbers = {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return tracking.log_run(run.table, json.loads(json.dumps(config, default=str)), numbers, tables,
+                            name=f"{run.table}-{run.model}-{method}-T{T}", group=f"{run.table}-{run.model}")
 
 
 def load_cells(run: TableRun) -> dict[tuple[str, int], dict]:
