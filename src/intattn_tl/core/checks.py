@@ -178,7 +178,6 @@ def _items(text: str) -> list[str]:
 
 @_arg
 def device(text: str) -> str:
-
     try:
         dev = torch.device(text)
     except RuntimeError as err:

@@ -28,7 +28,6 @@ def code_version() -> dict:
 
 
 def _read_code_version() -> dict:
-
     out = {"package": __version__, "git": None}
     try:
         run = lambda *a: subprocess.run(["git", "-C", str(project_root()), *a], capture_output=True,  # noqa: E731

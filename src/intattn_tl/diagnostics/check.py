@@ -158,13 +158,11 @@ def edit_success(model, records) -> Tensor:
 def param_hashes(model) -> dict[str, str]:
     """A content hash per parameter: compares the weights before and after without a second copy."""
 
-
     return {n: xxhash.xxh3_128(p.detach().contiguous().view(-1).view(torch.uint8).cpu().numpy()).hexdigest()
             for n, p in named_stored(model.hf_model)}  # offloaded weights too, not their meta placeholders
 
 
 def check_target(model, records, hp, state) -> Row:
-
     layer = hp.target_layer(model)
     _, deltas = targets_at(model, records, layer, hp, edit_prefixes(model, hp, state))
     acc = injected_accuracy(model, records, layer, deltas)
@@ -175,7 +173,6 @@ def check_target(model, records, hp, state) -> Row:
 
 
 def check_rome(model, records, hp, state) -> Row:
-
     # One batched optimisation fills the disk cache the single edits then read: the same deltas (records
     # are optimised independently inside a batch), several times faster than ten separate optimisations.
     target_deltas(model, records, hp.layer(model), target_hparams(hp), prefixes=edit_prefixes(model, hp, state),
@@ -193,7 +190,6 @@ def check_rome(model, records, hp, state) -> Row:
 
 
 def check_memit(model, records, hp, state) -> Row:
-
     before = edit_success(model, records)
     result = edit(model, records, "memit", hp, state)
     try:

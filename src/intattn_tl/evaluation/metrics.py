@@ -163,7 +163,6 @@ def answer_argmax(model: LoadedModel, pairs: list[tuple[list[int], list[int]]], 
 
 
 def tokenize(model: LoadedModel, qs: list[Query], records: list[EditRecord]) -> list[tuple[list[int], list[int]]]:
-
     pairs = []
     for q in qs:
         try:

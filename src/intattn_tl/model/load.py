@@ -32,7 +32,6 @@ from intattn_tl.model.tiny import tiny_model
 
 
 def _load_hub_or_dir(name: str, dtype: torch.dtype, placement: dict | None = None):
-
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **(placement or {}))
         tok = AutoTokenizer.from_pretrained(name)
@@ -94,7 +93,6 @@ def load_model(
     `device_map` ("auto", or {HF module name: device}) splits the model over devices with accelerate instead
     of putting it on `device`; `max_memory` ({0: "70GiB", 1: "70GiB", "cpu": "100GiB"}) bounds "auto"; what
     fits nowhere is offloaded to `offload_folder` (a temporary folder by default). See devices.py."""
-
 
     dtype = as_dtype(dtype)
     if dtype == torch.bfloat16 and device_map is None and torch.device(device).type == "cpu" and not bfloat16_is_fast():

@@ -39,8 +39,6 @@ def cost(item: tuple[str, list[int]]) -> float:
 
 
 def _worker(work, run, items, results, records, ref, settings, threads: int, code: dict) -> None:
-
-
     settings_module._CODE = code  # the parent's code version, read when the run started
     torch.set_num_threads(threads)
     try:
@@ -59,7 +57,6 @@ def run_parallel(work, run, plan: list[tuple[str, list[int]]], records, ref, set
     """Run `plan`'s items (each with `work`, `repro.tables.run_item`, a picklable module-level function) in min(run.jobs, len(plan)) worker processes, the parent's CPU threads split among
     them. Cells are written by the workers as they finish; a failed worker's error is raised here once every
     worker has stopped (the other workers go on with the queue, so the cells they finish are kept)."""
-
 
     jobs = min(run.jobs, len(plan))
     threads = max(1, torch.get_num_threads() // jobs)

@@ -149,8 +149,6 @@ def _check_resume(done: dict, settings: dict) -> None:
 
 
 def plot_figure4(points: list[dict], path: Path, title: str = "") -> Path:
-
-
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     alphas = [p["alpha"] for p in points]
     for ax, (key, label) in zip(axes, FIG4_METRICS):

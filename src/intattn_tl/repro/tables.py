@@ -224,7 +224,6 @@ def _run_record(run: TableRun, path: Path) -> dict:
 
 
 def _check_run(run: TableRun) -> None:
-
     if run.table not in TABLES:
         raise ReproduceError(f"unknown table {run.table!r}; choose from {', '.join(TABLES)}")
     try:
