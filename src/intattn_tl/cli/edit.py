@@ -104,52 +104,48 @@ def run(args) -> int:
 
     from intattn_tl.api import check_hparams, check_lengths, edit, fill_ground_truth
     from intattn_tl.cli.common import placement
-    from intattn_tl.config.hparams import HparamsError, load_hparams
+    from intattn_tl.config.hparams import load_hparams
     from intattn_tl.core.settings import edit_settings
     from intattn_tl.data.conflicts import resolve
     from intattn_tl.data.records import data_path, load_edits
     from intattn_tl.data.requests import checked_records
-    from intattn_tl.edit.covariance import CovarianceError
     from intattn_tl.edit.transaction import EditError, EditState
     from intattn_tl.model.load import load_model
 
-    try:  # everything that can be checked without the model, before loading it
-        hp = load_hparams(args.method, args.model, parse_overrides(args.overrides, args.alpha), path=args.hparams)
-        if args.data_dir and getattr(hp, "mom2_dataset", "") is None:  # WikiText-2 from --data-dir, same cache key
-            hp.mom2_dataset = str(data_path("wikitext2", args.data_dir))
-        if args.export and Path(args.export).exists():
-            raise EditError(f"--export {args.export} exists; choose a new folder")
-        own = own_requests(args)
-        records = checked_records(own) if own else load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
-        policy = "allow" if args.allow_conflicts else "refuse"
-        records, repeats = resolve(records, policy)  # the whole request, before the model loads
-        for note in repeats:
-            print(f"intattn edit: note: {note}", file=sys.stderr)
+    # everything that can be checked without the model is checked before loading it
+    hp = load_hparams(args.method, args.model, parse_overrides(args.overrides, args.alpha), path=args.hparams)
+    if args.data_dir and getattr(hp, "mom2_dataset", "") is None:  # WikiText-2 from --data-dir, same cache key
+        hp.mom2_dataset = str(data_path("wikitext2", args.data_dir))
+    if args.export and Path(args.export).exists():
+        raise EditError(f"--export {args.export} exists; choose a new folder")
+    own = own_requests(args)
+    records = checked_records(own) if own else load_edits(args.dataset, limit=args.limit, data_dir=args.data_dir)
+    policy = "allow" if args.allow_conflicts else "refuse"
+    records, repeats = resolve(records, policy)  # the whole request, before the model loads
+    for note in repeats:
+        print(f"intattn edit: note: {note}", file=sys.stderr)
+    groups = batches(records, args.batch_size)
+    model = load_model(args.model, dtype=args.dtype, **placement(args))
+    if own:  # the model's own answers stand in for missing ground truths
+        records = fill_ground_truth(model, records)
         groups = batches(records, args.batch_size)
-        model = load_model(args.model, dtype=args.dtype, **placement(args))
-        if own:  # the model's own answers stand in for missing ground truths
-            records = fill_ground_truth(model, records)
-            groups = batches(records, args.batch_size)
-            for r in records:
-                print(f"{r.id}: {r.prompt!r} -> {r.target_new!r} (was {r.ground_truth[0]!r})")
-        check_hparams(args.method, hp, model)
-        check_lengths(model, records, args.max_prompt_tokens)
-        if not args.no_eval:
-            from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
+        for r in records:
+            print(f"{r.id}: {r.prompt!r} -> {r.target_new!r} (was {r.ground_truth[0]!r})")
+    check_hparams(args.method, hp, model)
+    check_lengths(model, records, args.max_prompt_tokens)
+    if not args.no_eval:
+        from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
 
-            cfg = EvalConfig(fluency=not args.no_fluency, progress=not args.quiet)
-            ref = locality_reference(model, records, cfg)
-            pre_rows = evaluate(model, records, cfg, locality_ref=ref)
-            pre = summarize(pre_rows)
-        t0 = time.time()
-        state, results = EditState(), []
-        for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
-            results.append(edit(model, group, args.method, hp, state, progress=not args.quiet,
-                                max_prompt_tokens=args.max_prompt_tokens, conflicts=policy, force=args.force))
-        t_edit = time.time() - t0
-    except (EditError, HparamsError, CovarianceError, ValueError) as err:
-        print(f"intattn edit: error: {err}", file=sys.stderr)
-        return 2
+        cfg = EvalConfig(fluency=not args.no_fluency, progress=not args.quiet)
+        ref = locality_reference(model, records, cfg)
+        pre_rows = evaluate(model, records, cfg, locality_ref=ref)
+        pre = summarize(pre_rows)
+    t0 = time.time()
+    state, results = EditState(), []
+    for group in tqdm(groups, desc=f"{args.method} batches", disable=args.quiet or len(groups) == 1):
+        results.append(edit(model, group, args.method, hp, state, progress=not args.quiet,
+                            max_prompt_tokens=args.max_prompt_tokens, conflicts=policy, force=args.force))
+    t_edit = time.time() - t0
     label = {"model": args.model, "method": args.method, "dataset": "own facts" if own else args.dataset,
              "n": str(len(records))}
     if not args.no_eval:
