@@ -188,12 +188,13 @@ def test_qwen_packages_are_pinned_part_by_part():
 
 
 def _fake_dequantize(monkeypatch, models, calls):
-    def dequantize(name, dtype):
+    def write(name, dtype, folder):
         calls.append(dtype)
         model, tok = models.tiny_model("llama", n_layers=2)
-        return model.to(dtype), tok
+        model.to(dtype).save_pretrained(folder)
+        tok.save_pretrained(folder)
 
-    monkeypatch.setattr(models, "_dequantize", dequantize)
+    monkeypatch.setattr(models, "_write_checkpoint", write)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -216,6 +217,8 @@ def test_flipped_byte_in_cached_weights_is_named_and_rebuilt(tmp_path, monkeypat
     calls = []
     _fake_dequantize(monkeypatch, models, calls)
     clean, _, _ = models._load_known_hf("fake-model", torch.float32)
+    # Copied: a loaded model maps the cache file, and this test damages that file in place.
+    clean = {k: v.clone() for k, v in clean.state_dict().items()}
     weights = models._dequantized_dir("fake-model", torch.float32) / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0x10  # inside the last tensor: safetensors itself would load this without complaint
@@ -223,7 +226,7 @@ def test_flipped_byte_in_cached_weights_is_named_and_rebuilt(tmp_path, monkeypat
     rebuilt, _, _ = models._load_known_hf("fake-model", torch.float32)
     assert "model.safetensors does not match its content hash" in capsys.readouterr().err
     assert calls == [torch.float32, torch.float32]
-    assert all(torch.equal(a, b) for a, b in zip(clean.state_dict().values(), rebuilt.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(clean.values(), rebuilt.state_dict().values()))
     assert models.cache_problem(weights.parent, pkg.sha256) is None
 
 
