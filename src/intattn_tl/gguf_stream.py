@@ -14,6 +14,7 @@ same dequantization (`gguf.quants.dequantize`), same name map and per-architectu
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import struct
@@ -47,17 +48,26 @@ class Planned:
     shape: tuple[int, ...]
 
 
-def config_and_model(gguf: Path, dtype: torch.dtype, architecture: str):
-    """The config transformers reads from the GGUF file and the model it builds from it, on the meta device
-    (no memory for weights): the names, shapes and tied weights a checkpoint of it holds."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def read_config(gguf: Path) -> dict:
+    """transformers' legacy reading of the file's metadata into a config dict: what `AutoConfig` builds the
+    config from and what the tensor processors are given (read once here; `AutoConfig.from_pretrained` and the
+    loader would read the file twice more)."""
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return load_gguf_checkpoint(str(gguf), return_tensors=False)["config"]
+
+
+def meta_model(raw_config: dict, dtype: torch.dtype, architecture: str):
+    """The model transformers builds from the GGUF config, on the meta device (no memory for weights): the
+    names, shapes and tied weights a checkpoint of it holds, its config and generation config."""
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    config = CONFIG_MAPPING[raw_config["model_type"]].from_dict(copy.deepcopy(raw_config))  # as AutoConfig does
     # GGUF configs leave `architectures` empty; save_pretrained would write the class name, which is this.
     config.architectures = [architecture]
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return config, model
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def saved_names(model) -> list[str]:
@@ -146,14 +156,11 @@ class GGUFTensors:
     count towards this process's memory), dequantized and processed exactly as transformers' legacy GGUF
     loader does."""
 
-    def __init__(self, gguf: Path, model):
-        from transformers.modeling_gguf_pytorch_utils import (
-            TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map, load_gguf_checkpoint,
-        )
+    def __init__(self, gguf: Path, model, raw_config: dict):
+        from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
         architecture, self.table = read_table(gguf)
-        parsed = load_gguf_checkpoint(str(gguf), return_tensors=False)
-        self.processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed.get("config", {}))
+        self.processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=raw_config)
         self.key_map = get_gguf_hf_weights_map(model, self.processor)
         self.path = gguf
 
@@ -279,11 +286,12 @@ def write_checkpoint(gguf: Path, folder: Path, dtype: torch.dtype, architecture:
     generation config), the weights streamed from the GGUF file one tensor at a time."""
     if dtype not in SAFETENSORS_DTYPE:
         raise GGUFStreamError(f"cannot write a {dtype} checkpoint (one of {', '.join(map(str, SAFETENSORS_DTYPE))})")
-    config, model = config_and_model(gguf, dtype, architecture)
+    raw_config = read_config(gguf)
+    model = meta_model(raw_config, dtype, architecture)
     odd = {n: p.dtype for n, p in model.state_dict().items() if p.dtype != dtype}
     if odd:  # a module kept in float32 would need a per-tensor dtype; none of the supported families has one
         raise GGUFStreamError(f"{architecture} keeps {sorted(odd)[:3]} in another dtype than {dtype}")
-    tensors = GGUFTensors(gguf, model)
+    tensors = GGUFTensors(gguf, model, raw_config)
     write_safetensors(folder / "model.safetensors", tensors.plan(model), dtype, tensors.blocks)
     # What save_pretrained records besides the weights (it writes the model's dtype into the config).
     model.config.dtype = str(dtype).removeprefix("torch.")
