@@ -26,23 +26,27 @@ import torch
 from intattn_tl.models import load_model
 t0 = time.time()
 m = load_model(sys.argv[1], dtype=sys.argv[2])
-seconds, load_peak = time.time() - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+usage = resource.getrusage(resource.RUSAGE_SELF)
+seconds, load_peak, cpu = time.time() - t0, usage.ru_maxrss, usage.ru_utime + usage.ru_stime
 ids = torch.tensor([m.tokenizer("The Eiffel Tower is located in the city of").input_ids])
 with torch.no_grad():
     top = m.tokenizer.decode(m.bridge(ids)[0, -1].argmax())
-print(json.dumps({"seconds": seconds, "peak_rss_kib": load_peak, "top1": top,
+print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_rss_kib": load_peak, "top1": top,
                   "forward_peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
 
 def measure(model: str, dtype: str, cache: Path) -> dict:
-    """One load in a fresh interpreter with `$INTATTN_CACHE=cache`; its peak RSS in MiB, seconds, top-1."""
+    """One load in a fresh interpreter with `$INTATTN_CACHE=cache`: its peak RSS in MiB, wall seconds of the
+    load, CPU seconds of the process up to then (imports included; less sensitive than wall time to other jobs
+    on the machine), the top-1 token after the Eiffel probe."""
     env = {**os.environ, "INTATTN_CACHE": str(cache)}
     proc = subprocess.run([sys.executable, "-c", CHILD, model, dtype], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"load of {model} ({dtype}) failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"peak_rss_mib": round(out["peak_rss_kib"] / 1024), "seconds": round(out["seconds"], 1),
+            "cpu_seconds": round(out["cpu_seconds"], 1),
             "after_forward_mib": round(out["forward_peak_rss_kib"] / 1024), "top1": out["top1"]}
 
 
