@@ -4,7 +4,7 @@
 every tensor into one state dict while the model it fills already exists: the model twice over, plus the
 float32 dequantization of the largest tensor (for the 1.5B Qwen, a 233M-element embedding) and the GGUF file
 itself, touched through a memory map. Here the model is built on the meta device only for its names, each
-tensor is read from the file with plain reads, dequantized (large ones in blocks of rows, which dequantize
+tensor is read from the file with plain reads, dequantized (large ones in blocks of rows, which ggml quantizes
 independently) and cast to the target dtype straight into a safetensors file on disk; the caller then loads
 that checkpoint the way every warm load does. The values are exactly those of `from_pretrained(gguf_file=)`:
 same dequantization (`gguf.quants.dequantize`), same name map and per-architecture fixes (transformers'
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,7 @@ class GGUFTensors:
         self.path = gguf
 
     def plan(self, model) -> list[Planned]:
-        """Every tensor of the checkpoint, in file order, each from exactly one GGUF tensor."""
+        """Every tensor of the checkpoint in the order of the safetensors file, each from exactly one GGUF tensor."""
         wanted = saved_names(model)
         state = model.state_dict()
         source: dict[str, str] = {}
@@ -201,46 +200,43 @@ class GGUFTensors:
                 raise GGUFStreamError(f"{self.path.name}: {gguf_name} runs past the end of the file")
         return buf.reshape((rows.stop - rows.start, *byte_shape[1:]) if len(byte_shape) > 1 else byte_shape)
 
-    def _dequantized(self, gguf_name: str, rows: slice | None = None) -> tuple[np.ndarray, bool]:
-        """Dequantized and processed values, and whether the architecture's processor left them untouched."""
-        from gguf import dequantize
-
-        weights = dequantize(self._read(gguf_name, rows), self.table[gguf_name].ggml_type)
-        result = self.processor.process(weights=weights, name=gguf_name, tensor_key_mapping=self.key_map,
+    def _passes_through(self, gguf_name: str) -> bool:
+        """Whether the architecture's processor leaves this tensor's values alone. Processors decide by name and
+        config, so they are asked with a stand-in of the tensor's shape that holds no memory."""
+        stand_in = np.broadcast_to(np.float32(0), self.table[gguf_name].shape)
+        result = self.processor.process(weights=stand_in, name=gguf_name, tensor_key_mapping=self.key_map,
                                         parsed_parameters={})
-        if result.name != gguf_name:
-            raise GGUFStreamError(f"{self.path.name}: the processor renames {gguf_name} to {result.name}")
-        return result.weights, result.weights is weights
+        return result.weights is stand_in and result.name == gguf_name
 
     def blocks(self, planned: Planned, dtype: torch.dtype) -> Iterator[Float[Tensor, "rows *rest"]]:
-        """The tensor in `dtype`, as consecutive blocks of leading rows (one block unless it is large). A block
-        is dequantized and cast on its own only where the processor passes the values through unchanged;
-        a processed tensor (Llama's q/k row permutation, Gemma's norm offset) is processed whole."""
+        """The tensor in `dtype`, as consecutive blocks of leading rows (one block unless it is large). Blocks
+        dequantize independently (ggml quantizes each row on its own); a tensor the processor changes (Llama's
+        q/k row permutation, Gemma's norm offset) is dequantized and processed whole, as transformers does."""
+        from gguf import dequantize
+
         rows = planned.shape[0] if planned.shape else 1
         per_block = max(1, BLOCK_BYTES // max(1, 4 * int(np.prod(planned.shape[1:], dtype=np.int64))))
-        if len(planned.shape) < 2 or rows <= per_block:
+        if len(planned.shape) < 2 or rows <= per_block or not self._passes_through(planned.gguf_name):
             yield self._whole(planned, dtype)
             return
-        first, untouched = self._dequantized(planned.gguf_name, slice(0, per_block))
-        if not untouched:
-            yield self._whole(planned, dtype)
-            return
-        yield self._block(first, planned, dtype)
-        del first
-        for start in range(per_block, rows, per_block):
-            block, _ = self._dequantized(planned.gguf_name, slice(start, min(rows, start + per_block)))
-            yield self._block(block, planned, dtype)
-
-    def _block(self, weights: np.ndarray, planned: Planned, dtype: torch.dtype) -> Tensor:
-        # The row count is checked by the writer (bytes per tensor); the rest of the shape here.
-        if tuple(weights.shape[1:]) != planned.shape[1:]:
-            raise GGUFStreamError(f"{self.path.name}: {planned.gguf_name} has rows of shape {tuple(weights.shape[1:])}, "
-                                  f"the model's {planned.name} {planned.shape[1:]}")
-        return _cast(weights, dtype)
+        for start in range(0, rows, per_block):
+            block = dequantize(self._read(planned.gguf_name, slice(start, min(rows, start + per_block))),
+                               self.table[planned.gguf_name].ggml_type)
+            # The row count is checked by the writer (bytes per tensor); the rest of the shape here.
+            if tuple(block.shape[1:]) != planned.shape[1:]:
+                raise GGUFStreamError(f"{self.path.name}: {planned.gguf_name} has rows of shape "
+                                      f"{tuple(block.shape[1:])}, the model's {planned.name} {planned.shape[1:]}")
+            yield _cast(block, dtype)
 
     def _whole(self, planned: Planned, dtype: torch.dtype) -> Tensor:
-        weights, _ = self._dequantized(planned.gguf_name)
-        tensor = _cast(weights, dtype)
+        from gguf import dequantize
+
+        weights = dequantize(self._read(planned.gguf_name), self.table[planned.gguf_name].ggml_type)
+        result = self.processor.process(weights=weights, name=planned.gguf_name, tensor_key_mapping=self.key_map,
+                                        parsed_parameters={})
+        if result.name != planned.gguf_name:
+            raise GGUFStreamError(f"{self.path.name}: the processor renames {planned.gguf_name} to {result.name}")
+        tensor = _cast(result.weights, dtype)
         if tuple(tensor.shape) != planned.shape:
             raise GGUFStreamError(f"{self.path.name}: {planned.gguf_name} has shape {tuple(tensor.shape)}, "
                                   f"the model's {planned.name} {planned.shape}")
@@ -277,8 +273,6 @@ def write_safetensors(path: Path, planned: list[Planned], dtype: torch.dtype,
             begin, end = header[p.name]["data_offsets"]
             if written != end - begin:
                 raise GGUFStreamError(f"{p.name}: wrote {written} bytes, its header says {end - begin}")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def write_checkpoint(gguf: Path, folder: Path, dtype: torch.dtype, architecture: str) -> None:

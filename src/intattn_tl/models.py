@@ -348,7 +348,8 @@ def _write_checkpoint(name: str, dtype: torch.dtype, folder: Path) -> None:
 def _read_cache(folder: Path, dtype: torch.dtype, placement: dict | None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **(placement or {})), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **(placement or {}))
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def _load_known_hf(name: str, dtype: torch.dtype, placement: dict | None = None):
@@ -371,7 +372,8 @@ def _load_known_hf(name: str, dtype: torch.dtype, placement: dict | None = None)
         shutil.rmtree(out, ignore_errors=True)
     # Room for the cache before the slow part, not an ENOSPC after it.
     require_space(writable(out.parent, "cache folder"), cache_bytes_needed(name, dtype), "cache folder")
-    _save_cache(lambda tmp: _write_checkpoint(name, dtype, tmp), out, {"gguf_sha256": pkg.sha256, "dtype": dtype_name(dtype)})
+    _save_cache(lambda tmp: _write_checkpoint(name, dtype, tmp), out,
+                {"gguf_sha256": pkg.sha256, "dtype": dtype_name(dtype)})
     problem = cache_problem(out, pkg.sha256)  # the folder in place may be another process's: verify it too
     if problem is not None:
         raise ModelLoadError(f"cached model {out}, written just now: {problem}; delete it and retry")
