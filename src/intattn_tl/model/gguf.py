@@ -22,6 +22,7 @@ from intattn_tl.core.environment import require_space, writable
 from intattn_tl.core.paths import cache_dir
 from intattn_tl.data.records import sha256_file
 from intattn_tl.errors import ModelLoadError
+from intattn_tl.model.gguf_stream import write_checkpoint
 from intattn_tl.model.registry import KNOWN_MODELS, PROBE, GGUFPackage
 from intattn_tl.model.spec import as_dtype, dtype_name
 
@@ -139,14 +140,16 @@ def cache_problem(folder: Path, gguf_sha256: str) -> str | None:
     return None
 
 
-def _save_cache(model, tok, folder: Path, record: dict) -> None:
-    """Save into a private temp folder, hash every file into the marker, then rename into place at once."""
+def _save_cache(write, folder: Path, record: dict) -> None:
+    """`write(tmp)` fills a private temp folder; every file is hashed into the marker (with `record` and the
+    seconds `write` took), then it is renamed into place at once."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the rest of cache_dir()
     try:
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
+        t0 = time.time()
+        write(tmp)
+        record = {**record, "seconds": time.time() - t0}
         files = {str(p.relative_to(tmp)): content_hash(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MARKER).write_text(json.dumps({**record, "files": files}, indent=1))
         shutil.rmtree(folder, ignore_errors=True)
@@ -187,25 +190,27 @@ def _check_tokenizer(name: str, tok) -> None:
         )
 
 
-def _dequantize(name: str, dtype: torch.dtype):
-    """The known model's GGUF file as a plain HF model in `dtype` (the slow step the cache saves)."""
-
+def _write_checkpoint(name: str, dtype: torch.dtype, folder: Path) -> None:
+    """The known model's GGUF file as a plain HF checkpoint in `dtype`, written into `folder` (the slow step the
+    cache saves). The tokenizer comes first, so a wrong one is refused before the dequantization; the weights
+    are streamed one tensor at a time (gguf_stream), never the whole model in memory."""
     pkg = KNOWN_MODELS[name]
     gguf = fetch_gguf(name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _check_tokenizer(name, tok)
-    model.config.architectures = [pkg.architecture]
-    # The weights are plain floats now; drop the GGUF "quantizer" so they save and reload as such.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return model, tok
+    tok.save_pretrained(folder)
+    del tok
+    write_checkpoint(gguf, folder, dtype, pkg.architecture)
+
+
+def _read_cache(folder: Path, dtype: torch.dtype, placement: dict | None):
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **(placement or {}))
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def _load_known_hf(name: str, dtype: torch.dtype, placement: dict | None = None):
-    """GGUF -> HF model in `dtype`, dequantized once and cached as safetensors (one verified cache per dtype)."""
-
+    """GGUF -> HF model in `dtype`, dequantized once and cached as safetensors (one verified cache per dtype).
+    A cold load writes the cache, then reads it back exactly as a warm load does."""
     pkg = KNOWN_MODELS[name]
     assert isinstance(pkg, GGUFPackage)
     out = _dequantized_dir(name, dtype)
@@ -213,8 +218,7 @@ def _load_known_hf(name: str, dtype: torch.dtype, placement: dict | None = None)
         problem = cache_problem(out, pkg.sha256)
         if problem is None:
             try:
-                model = AutoModelForCausalLM.from_pretrained(out, dtype=dtype, **(placement or {}))
-                tok = AutoTokenizer.from_pretrained(out)
+                model, tok = _read_cache(out, dtype, placement)
             except Exception as err:  # hashes match but transformers cannot read it: rebuild, never trust
                 problem = f"unreadable ({type(err).__name__}: {err})"
             else:
@@ -224,7 +228,11 @@ def _load_known_hf(name: str, dtype: torch.dtype, placement: dict | None = None)
         shutil.rmtree(out, ignore_errors=True)
     # Room for the cache before the slow part, not an ENOSPC after it.
     require_space(writable(out.parent, "cache folder"), cache_bytes_needed(name, dtype), "cache folder")
-    t0 = time.time()
-    model, tok = _dequantize(name, dtype)
-    _save_cache(model, tok, out, {"gguf_sha256": pkg.sha256, "dtype": dtype_name(dtype), "seconds": time.time() - t0})
+    _save_cache(lambda tmp: _write_checkpoint(name, dtype, tmp), out,
+                {"gguf_sha256": pkg.sha256, "dtype": dtype_name(dtype)})
+    problem = cache_problem(out, pkg.sha256)  # the folder in place may be another process's: verify it too
+    if problem is not None:
+        raise ModelLoadError(f"cached model {out}, written just now: {problem}; delete it and retry")
+    model, tok = _read_cache(out, dtype, placement)
+    _check_tokenizer(name, tok)
     return model, tok, pkg.hf_id
