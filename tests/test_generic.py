@@ -125,6 +125,22 @@ def test_tracing_runs_through_hooks(arch):
     assert np.isfinite(res.prob).all() and np.ptp(res.logit_diff) > 1e-3
 
 
+def test_cached_generation_equals_uncached(arch):
+    """Fluency samples come from evaluation.generate (KV cache through the bridge, kv_cache_fix)."""
+    from intattn_tl.evaluation.metrics import generate
+
+    prompts = [arch.tokenizer(t)["input_ids"] for t in ("The cat sat on", "Hello there, how")]
+    got = generate(arch, prompts, 6).tolist()
+    want = []
+    with torch.no_grad():
+        for x in prompts:
+            ids = list(x)
+            for _ in range(6):
+                ids.append(int(arch.bridge(torch.tensor([ids]))[0, -1].argmax()))
+            want.append(ids[len(x):])
+    assert got == want
+
+
 # ----------------------------------------------------------------------------- generic == fast on Llama
 
 

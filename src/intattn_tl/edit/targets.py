@@ -22,7 +22,8 @@ Nothing below `layer`, and nothing before the subject token, depends on delta. S
 `layer` once (`residual_at`), the layers above it run once over the positions before each row's subject
 token to keep their keys/values (`Suffixes`), and every Adam step runs only the layers above `layer` on
 the positions from the subject token on. `logits_from` is the plain (all positions) version of the same
-partial forward. Records are optimised together in one padded batch; Adam is element-wise and each record
+partial forward. A family that runs no blocks itself (families/generic.py) uses `HookedSuffixes` instead: the
+full bridge forward with the delta added by a hook. Records are optimised together in one padded batch; Adam is element-wise and each record
 stops on its own, so a record's delta is the same as if it were optimised alone.
 """
 
