@@ -141,6 +141,17 @@ def test_cached_generation_equals_uncached(arch):
     assert got == want
 
 
+def test_answer_argmax_runs_the_backbone_of_any_architecture(arch):
+    """Edit Succ. / Portability / Locality read the argmax after the HF backbone (`base_model`)."""
+    from intattn_tl.evaluation.metrics import answer_argmax
+
+    prompt, answer = arch.tokenizer("Tell me about")["input_ids"], arch.tokenizer(" Spain")["input_ids"]
+    (pred,) = answer_argmax(arch, [(prompt, answer)])
+    with torch.no_grad():
+        logits = arch.bridge(torch.tensor([prompt + answer]))[0]
+    assert pred == logits[len(prompt) - 1: len(prompt) - 1 + len(answer)].argmax(-1).tolist()
+
+
 # ----------------------------------------------------------------------------- generic == fast on Llama
 
 
