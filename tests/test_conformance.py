@@ -13,7 +13,7 @@ from intattn_tl.api import edit
 from intattn_tl.methods.registry import get_method
 from intattn_tl.model.families import FAMILIES, family_class
 from intattn_tl.errors import ModelLoadError
-from intattn_tl.model.tiny import TINY_KINDS
+from intattn_tl.model.tiny import FAST_KINDS
 from intattn_tl.edit.targets import Suffixes, _batch, _length_groups, hidden_from, logits_from, residual_at
 from intattn_tl.model.tokens import answer_ids, prompt_ids
 from intattn_tl.locate.tracing import Stack, _Patch, trace_fact, trace_fact_loop
@@ -43,7 +43,7 @@ HPARAMS = {
 
 
 def test_every_family_has_a_tiny_model():
-    assert sorted(FIXTURES) == sorted(TINY_KINDS) == sorted(cls.name for cls in FAMILIES.values())
+    assert sorted(FIXTURES) == sorted(FAST_KINDS) == sorted(cls.name for cls in FAMILIES.values())
 
 
 @pytest.fixture(scope="module", params=list(FIXTURES))
@@ -231,11 +231,11 @@ def test_method_makes_target_likelier_and_rolls_back(tiny, method):
 # ----------------------------------------------------------------------------- unsupported families
 
 
-def test_unsupported_architecture_is_refused_naming_it_and_the_supported():
-    from transformers import GPT2Config
+def test_encoder_decoder_is_refused_naming_it_and_the_fast_families():
+    from transformers import BartConfig
 
-    with pytest.raises(ModelLoadError, match=r"GPT2LMHeadModel.*'gpt2'.*Supported families: llama.*qwen2.*mistral.*gemma3"):
-        family_class(GPT2Config(architectures=["GPT2LMHeadModel"]))
+    with pytest.raises(ModelLoadError, match=r"BartForConditionalGeneration.*'bart'.*encoder-decoder.*llama.*qwen2.*mistral.*gemma3"):
+        family_class(BartConfig(architectures=["BartForConditionalGeneration"]))
 
 
 def test_supported_type_with_missing_parts_says_what_is_missing(tiny_llama):

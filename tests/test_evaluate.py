@@ -60,6 +60,10 @@ class RepeatLM:
         self.calls += 1
         return SimpleNamespace(last_hidden_state=torch.nn.functional.one_hot(input_ids, self.vocab).float())
 
+    @property
+    def base_model(self):  # HF's name for the backbone, whatever the architecture calls it
+        return self.model
+
     def get_output_embeddings(self):
         return lambda h: h
 

@@ -25,6 +25,7 @@ from intattn_tl.model.devices import named_stored
 from intattn_tl.model.registry import KNOWN_MODELS, PROBE
 from intattn_tl.model.tokens import answer_ids, subject_span
 
+HOOK_SITES = ("hook_resid_mid",)  # a site only some families have (parallel blocks have no resid_mid)
 SITES = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
          "hook_resid_post")
 
@@ -77,8 +78,9 @@ def capture(model, ids: Tensor, names: list[str]) -> dict[str, Tensor]:
 def expected_shapes(model, ids: Tensor) -> dict[str, tuple[int, ...]]:
     s, (b, t) = model.spec, ids.shape
     shapes = {"hook_embed": (b, t, s.d_model)}
+    sites = [site for site in SITES if f"blocks.{{l}}.{site}" in s.family.hooks or site not in HOOK_SITES]
     for l in range(s.n_layers):
-        for site in SITES:
+        for site in sites:
             last = {"attn.hook_z": (s.n_heads, s.d_head), "mlp.hook_post": (s.d_mlp,)}.get(site, (s.d_model,))
             shapes[f"blocks.{l}.{site}"] = (b, t, *last)
     return shapes
@@ -111,7 +113,9 @@ def check_projection(model, acts: dict[str, Tensor], kind: str) -> Row:
         if k is None or o is None:
             return Row(f"spec.{kind} -> {out}", f"layer {l}: hook missing", "present", False)
         with torch.no_grad():
-            err = rel_err(through_post_norm(model, kind, l, flat_heads(f"blocks.{l}.{key}", k) @ W.T), o)
+            bias = model.spec.family.bias(kind, l)  # the edit changes W only; the bias adds the same either way
+            out_ = flat_heads(f"blocks.{l}.{key}", k) @ W.T
+            err = rel_err(through_post_norm(model, kind, l, out_ if bias is None else out_ + bias), o)
         if not err <= worst:  # NaN counts as worst
             worst, where = err, l
     tol = tolerance(model.spec.w_out[0].dtype)

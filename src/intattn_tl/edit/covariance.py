@@ -90,22 +90,31 @@ def documents(texts: list[str]) -> list[str]:
             if line and not line.startswith("=")]
 
 
-def document_tokens(tokenizer, texts: list[str], n_tokens: int) -> list[list[int]]:
+def doc_limit(model: LoadedModel) -> int:
+    """Tokens kept per document: MAX_DOC_TOKENS, or fewer where the model has a hard context (learned
+    position embeddings: GPT-2's 1024; families/generic.py's `max_tokens`)."""
+    return min(MAX_DOC_TOKENS, getattr(model.spec.family, "max_tokens", None) or MAX_DOC_TOKENS)
+
+
+def document_tokens(tokenizer, texts: list[str], n_tokens: int, limit: int = MAX_DOC_TOKENS) -> list[list[int]]:
     """One token list per document, in order, until the token count reaches n_tokens ("documents")."""
     out, count = [], 0
     for doc in documents(texts):
         if count >= n_tokens:
             break
-        ids = tokenizer(doc, add_special_tokens=False)["input_ids"][:MAX_DOC_TOKENS]
+        ids = tokenizer(doc, add_special_tokens=False)["input_ids"][:limit]
         out.append(ids)
         count += len(ids)
     return out
 
 
-def sequences(tokenizer, texts: list[str], n_tokens: int, text: TextMode) -> list[list[int]]:
+def sequences(tokenizer, texts: list[str], n_tokens: int, text: TextMode,
+              limit: int = MAX_DOC_TOKENS) -> list[list[int]]:
     if text not in TEXT_MODES:
         raise CovarianceError(f"text must be one of {TEXT_MODES}, got {text!r}")
-    return (document_tokens if text == "documents" else token_chunks)(tokenizer, texts, n_tokens)
+    if text == "documents":
+        return document_tokens(tokenizer, texts, n_tokens, limit)
+    return token_chunks(tokenizer, texts, n_tokens)
 
 
 def check_enough(seqs: list[list[int]], n_tokens: int, dims: dict, corpus_key: str) -> int:
@@ -122,21 +131,21 @@ def check_enough(seqs: list[list[int]], n_tokens: int, dims: dict, corpus_key: s
     return count
 
 
-def _cut(text: TextMode) -> str:
-    return f"c{CHUNK}" if text == "windows" else f"docs{MAX_DOC_TOKENS}"
+def _cut(text: TextMode, limit: int = MAX_DOC_TOKENS) -> str:
+    return f"c{CHUNK}" if text == "windows" else f"docs{limit}"
 
 
 def _path(model: LoadedModel, fingerprint: str, corpus_key: str, n_tokens: int, kind: Kind, layer: int,
           text: TextMode) -> Path:
     name = model.name.replace("/", "_")
     return (cache_dir() / "second_moments" / f"{name}-{fingerprint}"
-            / f"{corpus_key}-n{n_tokens}-{_cut(text)}-{kind}-{layer}.v{FORMAT}.pt")
+            / f"{corpus_key}-n{n_tokens}-{_cut(text, doc_limit(model))}-{kind}-{layer}.v{FORMAT}.pt")
 
 
 def _meta(model, fingerprint, corpus_key, n_tokens, kind, layer, text: TextMode) -> dict:
     meta = {"format": FORMAT, "model": model.name, "weights": fingerprint, "corpus": corpus_key,
             "n_tokens": n_tokens, "chunk": CHUNK, "kind": kind, "layer": layer}
-    return meta if text == "windows" else {**meta, "chunk": None, "text": _cut(text)}
+    return meta if text == "windows" else {**meta, "chunk": None, "text": _cut(text, doc_limit(model))}
 
 
 def _load(path: Path, meta: dict, d: int) -> Tensor | None:
@@ -219,7 +228,7 @@ def second_moments(model: LoadedModel, sites: list[tuple[Kind, int]], n_tokens: 
             out[(kind, layer)] = mom2
     if missing:
         t0 = time.time()
-        seqs = sequences(model.tokenizer, texts, n_tokens, text)
+        seqs = sequences(model.tokenizer, texts, n_tokens, text, doc_limit(model))
         count = check_enough(seqs, n_tokens, {site: _dim(model, site[0]) for site in missing}, corpus_key)
         sums = _accumulate(model, missing, seqs, text, progress)
         for site, total in sums.items():

@@ -22,7 +22,8 @@ Nothing below `layer`, and nothing before the subject token, depends on delta. S
 `layer` once (`residual_at`), the layers above it run once over the positions before each row's subject
 token to keep their keys/values (`Suffixes`), and every Adam step runs only the layers above `layer` on
 the positions from the subject token on. `logits_from` is the plain (all positions) version of the same
-partial forward. Records are optimised together in one padded batch; Adam is element-wise and each record
+partial forward. A family that runs no blocks itself (families/generic.py) uses `HookedSuffixes` instead: the
+full bridge forward with the delta added by a hook. Records are optimised together in one padded batch; Adam is element-wise and each record
 stops on its own, so a record's delta is the same as if it were optimised alone.
 """
 
@@ -139,8 +140,17 @@ def unembed(model: LoadedModel, h: Float[Tensor, "m d"]) -> Float[Tensor, "m voc
 
 
 def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
-                where: torch.BoolTensor | None = None) -> Tensor:
-    """Logits of the full model given the output of block `layer`; only at `where` ([m, vocab]) if given."""
+                where: torch.BoolTensor | None = None, ids: Int[Tensor, "b t"] | None = None) -> Tensor:
+    """Logits of the full model given the output of block `layer`; only at `where` ([m, vocab]) if given.
+
+    A family that cannot run its blocks (families/generic.py) runs the whole bridge on `ids` (the tokens
+    `resid` came from) with `resid` put in place of `blocks.{layer}.hook_resid_post`."""
+    if not model.spec.family.runs_blocks:
+        if ids is None:
+            raise TargetError(f"{model.name} runs no partial forward (generic adapter): logits_from needs the ids")
+        logits = model.bridge.run_with_hooks(ids, fwd_hooks=[(f"blocks.{layer}.hook_resid_post",
+                                                              lambda x, hook: resid.to(x))])
+        return logits[where.to(logits.device)] if where is not None else logits
     h = hidden_from(model, resid, layer)
     return unembed(model, h[where.to(h.device)] if where is not None else h)
 
@@ -245,6 +255,11 @@ class Suffixes:
             out[idx, :s] = self._suffix_hidden(rows[idx], add[idx], s) * self.real[rows[idx], :s, None]
         return out
 
+    def logits(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"],
+               where: torch.BoolTensor) -> Float[Tensor, "m vocab"]:
+        """Logits at the suffix positions `where` ([r, S], row-major) of `rows`, with `add` at each row's start."""
+        return unembed(self.model, self.hidden(rows, add)[where])
+
     def _suffix_hidden(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"], s: int) -> Float[Tensor, "r s d"]:
         """`hidden` for rows whose suffixes all have length s: the first s suffix positions, no padding."""
         self.cache.rows = rows
@@ -252,6 +267,33 @@ class Suffixes:
                                             add.to(self.suffix.dtype), accumulate=True)
         keys = next(iter(self.masks.values())).shape[-1] - self.S + s  # [fixed keys, the first s suffix keys]
         return self._run(h, self.pos[rows, :s], {k: m[rows, :, :s, :keys] for k, m in self.masks.items()})
+
+
+class HookedSuffixes:
+    """`Suffixes` for a family that runs no blocks itself (families/generic.py): each call runs the whole
+    bridge on the rows with `add` put into `blocks.{layer}.hook_resid_post` at each row's start by a hook,
+    and reads the logits at the suffix positions. The same numbers as `Suffixes`, more work per step."""
+
+    def __init__(self, model: LoadedModel, ids: Int[Tensor, "b t"], start: Int[Tensor, "b"],
+                 length: Int[Tensor, "b"], layer: int):
+        self.model, self.ids, self.start, self.layer = model, ids, start, layer
+        self.S = int((length - start).max())
+        j = torch.arange(self.S, device=ids.device)
+        self.pos = start[:, None] + j[None, :]  # [b, S]
+        self.real = j[None, :] < (length - start)[:, None]
+
+    def logits(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"],
+               where: torch.BoolTensor) -> Float[Tensor, "m vocab"]:
+        at = self.start[rows]
+
+        def inject(x, hook):  # x: [r, t, d] on the layer's device; out of place, so add keeps its gradient
+            idx = (torch.arange(len(rows), device=x.device), at.to(x.device))
+            return x.index_put(idx, add.to(x), accumulate=True)
+
+        logits = self.model.bridge.run_with_hooks(self.ids[rows], fwd_hooks=[
+            (f"blocks.{self.layer}.hook_resid_post", inject)]).to(self.model.device)
+        r, s = torch.nonzero(where, as_tuple=True)  # row-major, as Suffixes' `hidden(...)[where]`
+        return logits[r, self.pos[rows][r, s]]
 
 
 # ----------------------------------------------------------------------------- batching prompts
@@ -307,7 +349,7 @@ def _batch(model: LoadedModel, records: list[EditRecord], prefixes: list[str],
 # ----------------------------------------------------------------------------- optimisation
 
 
-def _losses(model: LoadedModel, sf: Suffixes, labels: Tensor, kl_pos: Tensor, record: Tensor, rows: Tensor,
+def _losses(model: LoadedModel, sf: Suffixes | HookedSuffixes, labels: Tensor, kl_pos: Tensor, record: Tensor, rows: Tensor,
             delta: Tensor, kl_init: Tensor | None, add=None) -> tuple[Tensor, Tensor, Tensor]:
     """Per-record NLL and KL (zero for records without rows in `rows`), and the KL rows' log-probs.
 
@@ -319,7 +361,7 @@ def _losses(model: LoadedModel, sf: Suffixes, labels: Tensor, kl_pos: Tensor, re
     where = labels != -100
     where[is_kl, kl_pos[is_kl]] = True
     resid_add = delta[rec] if add is None else add(rows, delta)
-    logp = torch.log_softmax(unembed(model, sf.hidden(rows, resid_add)[where]).float(), -1)  # [m, vocab], row-major
+    logp = torch.log_softmax(sf.logits(rows, resid_add, where).float(), -1)  # [m, vocab], row-major
     row_of = torch.nonzero(where)[:, 0]
     tgt = labels[where]
     is_tgt = tgt != -100
@@ -383,7 +425,8 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     b = _batch(model, records, prefixes, hp.kl_position)
     n = len(records)
     resid = residual_at(model, b.ids, layer).detach().to(model.device)  # from layer's device to the batch's
-    sf = Suffixes(model, resid, b.subject, b.length, layer)
+    sf = (Suffixes(model, resid, b.subject, b.length, layer) if model.spec.family.runs_blocks
+          else HookedSuffixes(model, b.ids, b.subject, b.length, layer))
     labels = torch.where(sf.real, b.labels.gather(1, sf.pos.clamp(max=b.ids.shape[1] - 1)), -100)
     kl_pos = torch.where(b.kl >= 0, b.kl - b.subject, -1)
     h0 = resid[b.first, b.subject[b.first]]  # [n, d]

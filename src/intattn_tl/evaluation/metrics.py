@@ -135,7 +135,8 @@ def _argmax_at(model: LoadedModel, ids: Int[Tensor, "b t"], rows: Int[Tensor, "n
                cols: Int[Tensor, "n"]) -> Int[Tensor, "n"]:
     """Argmax token at (row, col) pairs: the backbone runs on every position, the unembedding only on the
     n positions asked for (about a fifth of SmolLM2's FLOPs, and no [b, t, vocab] logits tensor)."""
-    hidden = model.hf_model.model(input_ids=ids).last_hidden_state  # on the final norm's device (split models)
+    # the backbone (`model` in Llama-style models, `transformer` in GPT-2, ...) ends on its final norm's device
+    hidden = model.hf_model.base_model(input_ids=ids).last_hidden_state
     return model.hf_model.get_output_embeddings()(hidden[rows.to(hidden.device), cols.to(hidden.device)]).argmax(-1)
 
 

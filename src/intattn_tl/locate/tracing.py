@@ -329,7 +329,11 @@ def trace_fact(
 
     `embed_std` (the embedding std; noise std = noise_scale x it) is computed when not given; pass it when tracing many facts.
     `max_rows` bounds one pass (rows x positions); sites beyond it go to further passes. Numbers do not depend on it.
+    A family that runs no blocks itself (families/generic.py) is traced by `trace_fact_loop` instead.
     """
+    if not model.spec.family.runs_blocks:  # the generic adapter runs no blocks itself: the hooked loop
+        return trace_fact_loop(model, prompt, subject, answer, n_samples=n_samples, noise_scale=noise_scale,
+                               embed_std=embed_std, window=window, kinds=kinds, seed=seed, contrast=contrast)
     kinds = _check(n_samples, window, kinds)
     fact = _prepare(model, prompt, subject, answer)
     stack, dev = Stack(model), model.device

@@ -88,7 +88,7 @@ def run(model: LoadedModel, records, hp: FTHparams, tx: WeightTransaction, state
     opt = torch.optim.Adam([dW], lr=hp.lr)
     losses = []
     for _ in range(hp.num_steps):
-        logits = logits_from(model, h + mlp_change(model, layer, k, dW.to(w.dtype)), layer, where)
+        logits = logits_from(model, h + mlp_change(model, layer, k, dW.to(w.dtype)), layer, where, ids)
         loss = torch.nn.functional.cross_entropy(logits.float(), targets)
         losses.append(float(loss.detach()))
         if loss.item() < hp.early_stop_loss:

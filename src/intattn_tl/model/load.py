@@ -47,10 +47,11 @@ def _load_hub_or_dir(name: str, dtype: torch.dtype, placement: dict | None = Non
 # ----------------------------------------------------------------------------- spec + bridge
 
 
-def build_spec(name: str, hf_model: nn.Module, bridge) -> ModelSpec:
-    """Shapes from the bridge, the edited matrices and everything family-specific from the adapter."""
+def build_spec(name: str, hf_model: nn.Module, bridge, generic: bool = False) -> ModelSpec:
+    """Shapes from the bridge, the edited matrices and everything family-specific from the adapter
+    (`generic`: the hook-based adapter even where a fast one exists)."""
 
-    family = family_for(hf_model)
+    family = family_for(hf_model, bridge, generic)
     family.check_hooks(bridge)
     cfg = bridge.cfg
     w_out = [family.weight("w_out", l) for l in range(family.n_layers)]
@@ -85,6 +86,7 @@ def bfloat16_is_fast(device: str | torch.device = "cpu") -> bool:
 def load_model(
     name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
     device_map: str | dict | None = None, max_memory: dict | None = None, offload_folder: str | None = None,
+    generic: bool = False,
 ) -> LoadedModel:
     """Load a known offline model, a tiny test model, a Hugging Face id or a local model directory.
 
@@ -92,7 +94,8 @@ def load_model(
     (the 1.5B Qwen needs ~7.4 GB RSS in float32). Known models keep one dequantized cache per dtype.
     `device_map` ("auto", or {HF module name: device}) splits the model over devices with accelerate instead
     of putting it on `device`; `max_memory` ({0: "70GiB", 1: "70GiB", "cpu": "100GiB"}) bounds "auto"; what
-    fits nowhere is offloaded to `offload_folder` (a temporary folder by default). See devices.py."""
+    fits nowhere is offloaded to `offload_folder` (a temporary folder by default). See devices.py.
+    `generic` uses the hook-based adapter (families/generic.py) even where a fast one exists (tests)."""
 
     dtype = as_dtype(dtype)
     if dtype == torch.bfloat16 and device_map is None and torch.device(device).type == "cpu" and not bfloat16_is_fast():
@@ -122,15 +125,23 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
-    family_class(hf_model.config)  # an unsupported architecture is refused before the bridge boots
+    family_class(hf_model.config, generic)  # an encoder-decoder is refused before the bridge boots
     if placement is None:
         hf_model = hf_model.to(device)
     elif not getattr(hf_model, "hf_device_map", None):  # tiny models, a cache built just now: dispatch in memory
         hf_model = dispatch(hf_model, device_map, max_memory, offload_folder)
     hf_model.eval()
     device = device if placement is None else execution_device(hf_model.get_input_embeddings())
-    bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=hf_model, tokenizer=tok, device=device, dtype=dtype)
-    return LoadedModel(name=name_or_path, bridge=bridge, tokenizer=tok, spec=build_spec(name_or_path, hf_model, bridge),
+    try:
+        bridge = TransformerBridge.boot_transformers(bridge_name, hf_model=hf_model, tokenizer=tok, device=device,
+                                                     dtype=dtype)
+    except Exception as err:  # the bridge has no mapping for this architecture: nothing can be hooked
+        arch = ", ".join(getattr(hf_model.config, "architectures", None) or []) or type(hf_model).__name__
+        raise ModelLoadError(f"the TransformerLens bridge does not boot {arch} ({type(err).__name__}: "
+                             f"{str(err)[:300]}); intattn-tl traces and edits a model through the bridge's hooks"
+                             ) from err
+    spec = build_spec(name_or_path, hf_model, bridge, generic)
+    return LoadedModel(name=name_or_path, bridge=bridge, tokenizer=tok, spec=spec,
                        hf_model=hf_model, offload_dir=offload)
 
 

@@ -85,6 +85,12 @@ KNOWN_MODELS: dict[str, GGUFPackage | str] = {
     "tiny-qwen2": "tiny",
     "tiny-mistral": "tiny",
     "tiny-gemma3": "tiny",
+    # architectures without a fast adapter (families/generic.py): GPT-2, GPT-NeoX (Pythia), GPT-J, OPT, Phi
+    "tiny-gpt2": "tiny",
+    "tiny-neox": "tiny",
+    "tiny-gptj": "tiny",
+    "tiny-opt": "tiny",
+    "tiny-phi": "tiny",
 }
 
 

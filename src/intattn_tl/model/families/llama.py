@@ -53,6 +53,10 @@ class Llama:
     ATTN, MLP = "self_attn", "mlp"
     PRE_ATTN_NORM, PRE_MLP_NORM = "input_layernorm", "post_attention_layernorm"
     POST_NORMS: dict[str, str] = {}  # weight kind -> the norm between that module and the residual stream
+    runs_blocks = True  # runs decoder blocks from their HF parts: the fast tracing and target paths
+    parallel = False  # attention and MLP read the same residual (families.generic)
+    hooks = HOOKS
+    max_tokens = None  # rotary positions: no hard context length for the statistics' documents
 
     def __init__(self, hf_model: nn.Module):
         self.hf_model = hf_model
@@ -106,6 +110,10 @@ class Llama:
         """A live view in [d_out, d_in] layout (nn.Linear's own): `add_` on it edits the model (the stored
         tensor of an offloaded layer, not its meta placeholder: devices.stored)."""
         return stored(self.module(kind, layer))
+
+    def bias(self, kind: str, layer: int) -> Tensor | None:
+        """The projection's bias (added whatever the weight; None for Llama-style models)."""
+        return self.module(kind, layer).bias
 
     def post_norm(self, kind: str, layer: int) -> nn.Module | None:
         """The norm between module `kind` and the residual stream (None: the output goes straight in)."""
