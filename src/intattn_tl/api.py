@@ -151,10 +151,11 @@ def trace_facts(model: LoadedModel, items) -> list[KnownFact]:
             for i, (prompt, subject, answer) in enumerate(checked_trace_facts(items))]
 
 
-def trace(model: LoadedModel, facts, **kwargs) -> list[TraceResult]:
-    """Causal tracing of each fact, own facts as `edit` takes them ((prompt, subject[, answer]) tuples or dicts);
-    `kwargs` go to `locate.tracing.trace_fact` (kinds, window, n_samples, ...). α and the critical layers of
-    the results: `locate.balance.summarize(results)` (needs the window kinds, traced by default)."""
+def trace(model: LoadedModel, facts, kinds=("attn_window", "mlp_window"), **kwargs) -> list[TraceResult]:
+    """Causal tracing of each fact, own facts as `edit` takes them ((prompt, subject[, answer]) tuples or dicts).
+    By default the 10-layer attention and MLP windows that α and the critical layers come from
+    (`locate.balance.summarize(results)`); `kinds=locate.tracing.KINDS` adds single layers and the residual.
+    Other `kwargs` go to `locate.tracing.trace_fact` (window, n_samples, ...)."""
     std = kwargs.pop("embed_std", None) or embedding_std(model)
-    return [trace_fact(model, f.prompt, f.subject, f.attribute, embed_std=std, **kwargs)
+    return [trace_fact(model, f.prompt, f.subject, f.attribute, embed_std=std, kinds=kinds, **kwargs)
             for f in trace_facts(model, facts)]
