@@ -91,7 +91,6 @@ def edit(model: LoadedModel, records: list, method: str = "intattn", hparams=Non
     for note in merged:
         print(f"[intattn] {note}", file=sys.stderr)
     if hparams is None:
-
         hparams = load_hparams(method, model.name)
     check_hparams(method, hparams, model)
     check_lengths(model, records, max_prompt_tokens)
@@ -103,7 +102,6 @@ def edit(model: LoadedModel, records: list, method: str = "intattn", hparams=Non
         if m.batch:
             stats = m.run(model, records, hparams, tx, state) or {}
         else:
-
             per_edit = []
             for r in tqdm(records, desc=f"{method} edits", unit="edit", leave=False, disable=not progress):
                 per_edit.append({"id": r.id, **(m.run(model, [r], hparams, tx, state) or {})})

@@ -160,7 +160,6 @@ def cached(path: Path, key, what: str, reader=read_torch):
     try:
         return reader(path, key)
     except IntegrityError as err:
-
         print(f"[intattn] {what} cache {err}; rebuilding it", file=sys.stderr)
         return None
 

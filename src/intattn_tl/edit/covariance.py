@@ -53,7 +53,6 @@ def corpus_source(corpus=None) -> tuple[str, list[str]]:
     """(cache key, texts) for WikiText-2 (None or "wikitext2"), a text file path, or a `datasets.Dataset`
     with a text column."""
     if corpus is None or corpus == "wikitext2":
-
         return "wikitext2", [load_corpus()]
     if isinstance(corpus, (str, Path)):
         path = Path(corpus)

@@ -33,7 +33,6 @@ BATCH = 64  # prompts per forward pass
 
 def _prefixes(model: LoadedModel, prefixes: list[str] | None) -> list[str]:
     if prefixes is None:
-
         prefixes = context_prefixes(model)
     if not prefixes:
         raise ValueError("prefixes must hold at least one context prefix (use [''] for the bare prompt)")

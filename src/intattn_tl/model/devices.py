@@ -105,7 +105,6 @@ def dispatch(model: nn.Module, device_map: str | dict, max_memory: dict | None, 
                                              low_zero=device_map == "balanced_low_0")
         device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
         if set(device_map) == {""}:
-
             raise ModelLoadError(f"max_memory={max_memory} holds not even the embedding: the whole model would go to "
                                  f"{device_map['']!r}; raise it")
     model.hf_device_map = dict(device_map)

@@ -270,7 +270,6 @@ def run_table(run: TableRun, cells: list[tuple[str, int]] | None = None) -> Path
         ref = locality_reference(model, records, run.eval_cfg)  # pre-edit predictions, computed once
         plan = _plan(todo, run.sizes, done)
         if run.jobs > 1 and len(plan) > 1:
-
             del model  # each worker loads its own copy
             run_parallel(run_item, run, plan, records, ref, settings)
         else:
