@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
+from wandb_offline import runs, table
 
 from intattn_tl.cli import main
-from intattn_tl.cli import demo
+from intattn_tl.diagnostics import demo
 from intattn_tl.evaluation.metrics import NAMES
 from intattn_tl.model.load import load_model
 from intattn_tl.model.spec import weights_fingerprint
-from wandb_offline import runs, table
 
 TINY = ["--model", "tiny-llama", "--limit", "2", "--samples", "2", "--fluency-len", "12", "--greedy-len", "4",
         "--quiet", "--set", "mom2_n_samples=256", "--set", "v_num_grad_steps=3", "--set", "use_prefixes=false"]

@@ -10,7 +10,6 @@ Everything goes into --out; the last lines list what was written where.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -19,12 +18,7 @@ from pathlib import Path
 
 from intattn_tl.repro import tracking
 
-METHODS = (("memit", "MEMIT"), ("intattn", "IntAttn-Edit"))
-COLUMNS = ["edit_succ", "portability", "locality", "fluency"]
-FACT = ("The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris")
-KINDS = ("attn_window", "mlp_window")  # the kinds the committed alpha comes from
-TARGET_CHUNK = 4  # records per target-optimisation call: the progress bar's step (each record's delta is optimised
-# and early-stopped on its own, so the chunking does not change the targets beyond float noise)
+FACT = ("The Eiffel Tower is located in the city of", "Eiffel Tower", "Paris")  # the default --fact
 
 
 def add_arguments(p) -> None:
@@ -87,40 +81,14 @@ class _Log:
         return f"{self.seconds[name]:.1f}s (CPU {self.cpu[name]:.1f}s)"
 
 
-# ----------------------------------------------------------------------------- stages
-
-
 def trace_one_fact(args, out: Path, log: _Log) -> dict:
-    """Trace `args.fact` with the fast path on a copy of the model in `--trace-dtype`; one PNG per kind."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from intattn_tl.locate.plots import plot_fact
-    from intattn_tl.locate.tracing import trace_fact
-    from intattn_tl.model.load import bfloat16_is_fast, load_model
+    from intattn_tl.diagnostics.demo import save_traces, strongest, trace_windows
 
     prompt, subject, answer = args.fact
-    if args.trace_dtype == "auto":
-        args.trace_dtype = "bfloat16" if bfloat16_is_fast(args.device) else "float32"
-    model = load_model(args.model, device=args.device, dtype=getattr(torch, args.trace_dtype))
-    results = {}
-    for kind in tqdm(KINDS, desc="tracing", unit="kind", disable=args.quiet):
-        results[kind] = trace_fact(model, prompt, subject, answer, n_samples=args.samples, kinds=(kind,))
-    pngs = []
-    for kind, r in results.items():
-        fig = plot_fact(r, kind)
-        fig.savefig(out / f"trace_{kind}.png", dpi=120)
-        plt.close(fig)
-        r.save(out / f"trace_{kind}.npz")
-        pngs.append(out / f"trace_{kind}.png")
-    r = results[KINDS[0]]
-    peaks = {}  # kind -> (layer, token, normalized LD) of the strongest restoration
-    if r.ld_clean - r.ld_corrupt > 1e-6:  # else the corruption did not lower LD: no effect to show
-        for kind, res in results.items():
-            layer, t = np.unravel_index(np.nanargmax(res.ld_effect[0]), res.ld_effect[0].shape)
-            peaks[kind] = (int(layer), res.tokens[t], round(float(res.ld_effect[0, layer, t]), 3))
+    results, args.trace_dtype = trace_windows(args.model, tuple(args.fact), args.device, args.trace_dtype, args.samples,
+                                              args.quiet)
+    pngs, peaks = save_traces(results, out), strongest(results)
+    r = next(iter(results.values()))
     log(f"fact: {prompt!r} -> {answer!r} (subject {subject!r}); P(answer) clean {r.p_clean:.3f}, subject corrupted "
         f"{r.p_corrupt:.3f} ({args.samples} noise samples, {args.trace_dtype}, fast path)")
     log("strongest restoration (normalized LD): " + (", ".join(
@@ -131,107 +99,46 @@ def trace_one_fact(args, out: Path, log: _Log) -> dict:
 
 def read_alpha(model, hps: dict, log: _Log) -> dict:
     """alpha and the layer sets the editors will use, and where they come from."""
-    from intattn_tl.config.hparams import RESULTS_DIR, tracing_result
+    from intattn_tl.config.hparams import RESULTS_DIR
+    from intattn_tl.diagnostics.demo import alpha_source
 
-    traced = tracing_result(model.name)
-    memit_hp, ia_hp = hps["memit"], hps["intattn"]
-    used = {"alpha": ia_hp.resolved_alpha(model), "mlp_layers": memit_hp.resolved_layers(model),
-            "attn_layers": ia_hp.resolved_attn_layers(model)}
+    alpha = alpha_source(model, hps)
+    traced, used = alpha["committed"], alpha["used"]
     if traced:
-        log(f"committed tracing result {RESULTS_DIR / (model.name + '.json')}:")
+        log(f"committed tracing result {alpha['source']}:")
         log(f"  alpha = {traced['alpha']}  attention layers {traced['attn_layers']}  MLP layers {traced['mlp_layers']}")
         log(f"  from {traced['n_facts']} known facts ({traced['n_facts_ld']} in the LD averages), "
             f"{traced['curve']}, {traced['dtype']}; made by: {traced['command']}")
         log("  alpha = sum LD(attn layers) / (sum LD(MLP layers) + sum LD(attn layers)) at the last subject token")
     else:
         log(f"no committed tracing result for {model.name} ({RESULTS_DIR}/<model>.json): the editors use their defaults")
-    differs = {k: v for k, v in used.items() if traced is None or traced.get(k) != v}
     log(f"editors use: alpha = {used['alpha']:.3f}, IntAttn-Edit W_O layers {used['attn_layers']}, "
         f"W_out layers {used['mlp_layers']} (MEMIT: the same W_out layers)"
-        + (f"; set by YAML/--set/defaults: {sorted(differs)}" if traced and differs else ""))
-    return {"source": str(RESULTS_DIR / (model.name + ".json")) if traced else None, "committed": traced, "used": used}
-
-
-def warm_caches(model, records, hps: dict, quiet: bool) -> None:
-    """Compute what both editors read from the disk caches before they edit, once, with progress bars:
-    the second moments of every edited site in one corpus pass, and the target deltas at the top edited layer."""
-    from tqdm.auto import tqdm
-
-    from intattn_tl.edit.chain import edit_prefixes, target_hparams
-    from intattn_tl.edit.covariance import second_moments
-    from intattn_tl.edit.targets import target_deltas
-    from intattn_tl.edit.transaction import EditState
-
-    memit_hp, ia_hp = hps["memit"], hps["intattn"]
-    mlp, attn, ia_mlp = memit_hp.resolved_layers(model), ia_hp.resolved_attn_layers(model), ia_hp.resolved_layers(model)
-    passes: dict[tuple, list] = {}  # one corpus pass per statistics setting (the YAMLs share one)
-    for hp, sites in ((memit_hp, [("w_out", l) for l in mlp]),
-                      (ia_hp, [("w_o", l) for l in attn] + [("w_out", l) for l in ia_mlp])):
-        passes.setdefault((hp.mom2_n_samples, hp.mom2_dataset, hp.mom2_text), []).extend(sites)
-    for (n_tokens, corpus, text), sites in passes.items():
-        second_moments(model, list(dict.fromkeys(sites)), n_tokens, corpus, progress=not quiet, text=text)
-    # MEMIT's targets sit at its top layer, IntAttn-Edit's at the top of both chains. With the same target
-    # settings (the YAMLs share them) they are the same cache entries: optimised once, used by both.
-    targets = {}
-    for hp, layer in ((memit_hp, mlp[-1]), (ia_hp, max(attn + ia_mlp))):
-        thp = target_hparams(hp)
-        targets.setdefault((json.dumps(dataclasses.asdict(thp)), layer, hp.use_prefixes, str(hp.context_lengths)),
-                           (hp, thp, layer))
-    for hp, thp, layer in targets.values():
-        prefixes = edit_prefixes(model, hp, EditState())
-        bar = tqdm(total=len(records), desc=f"target deltas (layer {layer})", unit="fact", disable=quiet)
-        for s in range(0, len(records), TARGET_CHUNK):
-            target_deltas(model, records[s:s + TARGET_CHUNK], layer, thp, prefixes=prefixes)
-            bar.update(len(records[s:s + TARGET_CHUNK]))
-        bar.close()
-
-
-def greedy(model, prompt: str, n_new: int) -> str:
-    from intattn_tl.evaluation.metrics import greedy_continuation
-
-    return greedy_continuation(model, prompt, n_new)
-
-
-def plot_metrics(rows: list[dict], title: str):
-    """Bars per method: the three percentages on the left, Fluency (its own scale) on the right."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from intattn_tl.evaluation.metrics import NAMES
-
-    fig, (ax, axf) = plt.subplots(1, 2, figsize=(9, 3.4), gridspec_kw={"width_ratios": [3, 1]})
-    pct = COLUMNS[:3]
-    width = 0.8 / len(rows)
-    for i, (r, colour) in enumerate(zip(rows, ("tab:gray", "tab:blue", "tab:red"))):
-        x = np.arange(len(pct)) + (i - (len(rows) - 1) / 2) * width
-        bars = ax.bar(x, [r[k] for k in pct], width, label=r["method"], color=colour)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-        bar = axf.bar([i], [r["fluency"]], 0.8, color=colour)
-        axf.bar_label(bar, fmt="%.0f", fontsize=7)
-    ax.set_xticks(range(len(pct)), [NAMES[k] for k in pct])
-    ax.set_ylabel("%")
-    ax.set_ylim(0, 110)
-    ax.legend(fontsize=8, loc="upper left")
-    axf.set_xticks(range(len(rows)), [r["method"] for r in rows], rotation=30, fontsize=7)
-    axf.set_title(NAMES["fluency"], fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+        + (f"; set by YAML/--set/defaults: {alpha['differs']}" if traced and alpha["differs"] else ""))
+    return {k: alpha[k] for k in ("source", "committed", "used")}
 
 
 # ----------------------------------------------------------------------------- the command
 
 
 def run(args) -> int:
+    import matplotlib.pyplot as plt
     import torch
 
-    from intattn_tl.api import edit
     from intattn_tl.cli.edit import parse_overrides
     from intattn_tl.cli.eval import write_csv
     from intattn_tl.config.hparams import HparamsError, load_hparams
     from intattn_tl.data.records import load_edits
+    from intattn_tl.diagnostics.demo import COLUMNS, METHODS, edit_evaluate_restore, plot_metrics, warm_caches
     from intattn_tl.edit.transaction import EditError
-    from intattn_tl.evaluation.metrics import EvalConfig, evaluate, format_table, locality_reference, summarize
+    from intattn_tl.evaluation.metrics import (
+        EvalConfig,
+        evaluate,
+        format_table,
+        greedy_continuation,
+        locality_reference,
+        summarize,
+    )
     from intattn_tl.model.load import load_model
     from intattn_tl.model.spec import weights_fingerprint
 
@@ -278,7 +185,7 @@ def run(args) -> int:
     ref = locality_reference(model, records, cfg)
     rows = {"pre-edit": evaluate(model, records, cfg, locality_ref=ref)}
     shown = records[0]
-    texts = {"pre-edit": greedy(model, shown.prompt, args.greedy_len)}
+    texts = {"pre-edit": greedy_continuation(model, shown.prompt, args.greedy_len)}
     log(f"evaluated in {log.took('pre-edit eval', t0)}")
 
     t0 = log.stage("key statistics and target deltas (computed once, cached on disk, shared by both editors)")
@@ -289,23 +196,20 @@ def run(args) -> int:
     for method, name in METHODS:
         t0 = log.stage(f"{name}: edit {len(records)} records, evaluate, roll back")
         try:
-            result = edit(model, records, method, hps[method], progress=not args.quiet, conflicts="allow")
+            done = edit_evaluate_restore(model, records, method, hps[method], cfg, ref, shown.prompt, args.greedy_len,
+                                         fingerprint, progress=not args.quiet)
         except EditError as err:
             print(f"intattn demo: error: {err}", file=sys.stderr)
             return 2
-        t_edit = time.time() - t0
-        rows[name] = evaluate(model, records, cfg, locality_ref=ref)
-        texts[name] = greedy(model, shown.prompt, args.greedy_len)
-        result.rollback()
-        logged[method] = tracking.edit_log([result], prefix=f"{name}/")
-        restored = weights_fingerprint(model) == fingerprint
-        edited = sorted(f"{k}[{l}]" for k, l in result.tx.originals)
-        edits[name] = {"edit_seconds": round(t_edit, 1), "edited": edited, "restored_bit_exact": restored,
-                       "stats": {k: v for k, v in result.stats.items() if k not in ("steps", "per_edit")}}
-        log(f"edited {', '.join(edited)} in {t_edit:.1f}s; {name} total {log.took(name, t0)}")
+        rows[name], texts[name] = done.rows, done.text
+        logged[method] = tracking.edit_log([done.result], prefix=f"{name}/")
+        edits[name] = {"edit_seconds": round(done.edit_seconds, 1), "edited": done.edited,
+                       "restored_bit_exact": done.restored,
+                       "stats": {k: v for k, v in done.result.stats.items() if k not in ("steps", "per_edit")}}
+        log(f"edited {', '.join(done.edited)} in {done.edit_seconds:.1f}s; {name} total {log.took(name, t0)}")
         log(f"rolled back: sha256 of all weights {weights_fingerprint(model)} "
-            + ("= pre-edit: restored bit-exact (verified)" if restored else "!= pre-edit: ROLLBACK FAILED"))
-        if not restored:
+            + ("= pre-edit: restored bit-exact (verified)" if done.restored else "!= pre-edit: ROLLBACK FAILED"))
+        if not done.restored:
             return 1
 
     summaries = [{"method": name, **summarize(r)} for name, r in rows.items()]
@@ -316,8 +220,6 @@ def run(args) -> int:
         f"greedy continuation:")
     for name, text in texts.items():
         log(f"  {name:>13}: {text!r}")
-
-    import matplotlib.pyplot as plt
 
     fig = plot_metrics(summaries, f"{args.model}: {len(records)} WikiData_counterfact edits")
     fig.savefig(out / "metrics.png", dpi=120)
@@ -356,6 +258,7 @@ def log_demo(args, model, hps: dict, cfg, trace: dict, alpha: dict, summaries: l
     (keys "MEMIT/edit_succ", ...); tables = each edit's chain steps and weight changes, every per-record
     metric; images = the tracing heatmaps and the metrics bars."""
     from intattn_tl.core.settings import edit_settings
+    from intattn_tl.diagnostics.demo import METHODS
 
     config = tracking.command_config(args, settings={m: edit_settings(m, hps[m], model) for m, _ in METHODS},
                                      eval_config=vars(cfg), used=alpha["used"], n_records=len(rows["pre-edit"]))

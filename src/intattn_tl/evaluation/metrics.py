@@ -81,7 +81,7 @@ class EvalConfig:
     progress: bool = True  # tqdm bars
     # Top-k samples seeded per (seed, prompt), independent of batching. Cells scored before this (the
     # committed results/: one generator per batch) sampled other texts; naming the scheme keeps the two
-    # from being mixed in one table (reproduce.SCORING).
+    # from being mixed in one table (repro.results.SCORING).
     fluency_sampling: str = "per-prompt"
 
 

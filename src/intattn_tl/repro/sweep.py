@@ -9,25 +9,24 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
-from intattn_tl.api import check_hparams, edit
+from intattn_tl.api import check_hparams
 from intattn_tl.config.hparams import load_hparams
 from intattn_tl.core.checks import CheckError, check_int, check_real, writable_dir
-from intattn_tl.core.settings import code_version, differences, edit_settings
-from intattn_tl.core.store import IntegrityError, _atomic, read_result, write_json, write_rows, write_text
+from intattn_tl.core.settings import code_version, edit_settings
+from intattn_tl.core.store import _atomic, write_text
 from intattn_tl.data.records import load_edits
 from intattn_tl.edit.transaction import EditError
-from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
+from intattn_tl.evaluation.metrics import EvalConfig, locality_reference, summarize
 from intattn_tl.model.load import load_model
 from intattn_tl.model.spec import LoadedModel
 from intattn_tl.repro import tracking
-from intattn_tl.repro.tables import SCORING
+from intattn_tl.repro.results import edit_and_evaluate, read_verified, refuse_other_settings, scoring, write_result
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 PROJECT = "intattn-tl-alpha"  # the W&B project of the α points (experiments/sweep_alpha.yaml's too)
@@ -44,13 +43,8 @@ def point_and_rows(model: LoadedModel, records, alpha: float, eval_cfg: EvalConf
                    overrides: dict | None = None) -> tuple[dict, list[dict]]:
     """`sweep_point`'s summary and the per-record rows it was made from."""
     hp = load_hparams("intattn", model.name, {**(overrides or {}), "alpha": float(alpha)})
-    t0 = time.time()
-    result = edit(model, records, method="intattn", hparams=hp, conflicts="allow", sanity=None)  # as reproduce.run_cell
-    try:
-        rows = evaluate(model, records, eval_cfg, locality_ref=ref)
-    finally:
-        result.rollback()
-    return {"alpha": float(alpha), "T": len(records), **summarize(rows), "seconds": time.time() - t0}, rows
+    rows, t_edit, t_eval = edit_and_evaluate(model, "intattn", records, hp, eval_cfg, ref)
+    return {"alpha": float(alpha), "T": len(records), **summarize(rows), "seconds": t_edit + t_eval}, rows
 
 
 def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Path = Path("runs"),
@@ -76,8 +70,7 @@ def run_sweep(model_name: str, dataset: str, T: int, grid=DEFAULT_GRID, out: Pat
             point, rows = point_and_rows(model, records, alpha, eval_cfg, ref)
             point |= {"model": model_name, "dataset": dataset}
             point["settings"] = {**_point_settings(model, hps[alpha], dataset, eval_cfg), "code": code_version()}
-            write_rows(point_path(folder, alpha).with_suffix(".csv"), rows)  # first: a point never lacks its rows
-            write_json(point_path(folder, alpha), point, {"alpha": round(alpha, 3)})
+            write_result(point_path(folder, alpha), point, rows, {"alpha": round(alpha, 3)})
             if wandb:
                 log_point(point, rows, eval_cfg, folder.name)
     write_points(folder, title=f"{model_name}, {dataset}, T={T}")
@@ -123,7 +116,7 @@ def _point_settings(model: LoadedModel, hp, dataset: str, eval_cfg: EvalConfig) 
 
     s = edit_settings("intattn", hp, model)
     s["hparams"] = {k: v for k, v in s["hparams"].items() if k != "alpha"}
-    return json.loads(json.dumps({**s, "dataset": dataset, "eval": {k: getattr(eval_cfg, k) for k in SCORING}},
+    return json.loads(json.dumps({**s, "dataset": dataset, "eval": scoring(eval_cfg)},
                                  default=str))
 
 
@@ -133,19 +126,13 @@ def point_path(folder: Path, alpha: float) -> Path:
 
 def read_point(path: Path) -> dict:
     alpha = path.stem.removeprefix("alpha-")
-    try:
-        return read_result(path, {"alpha": round(float(alpha), 3)}, lambda p: f"{p.get('alpha', -1):.3f}" == alpha)
-    except IntegrityError as err:
-        raise EditError(f"sweep point {err}; delete it to recompute the point") from None
+    return read_verified(path, {"alpha": round(float(alpha), 3)}, lambda p: f"{p.get('alpha', -1):.3f}" == alpha,
+                         EditError, "sweep point")
 
 
 def _check_resume(done: dict, settings: dict) -> None:
     for path, point in done.items():
-        old = {k: v for k, v in (point.get("settings") or {}).items() if k != "code"}
-        diff = differences(old, settings) if old else []
-        if diff:
-            raise EditError(f"{path} was made with other settings than this run's: {'; '.join(diff)}. "
-                            "Use another --out, or the same settings.")
+        refuse_other_settings(path, point.get("settings") or None, settings, EditError)
 
 
 def plot_figure4(points: list[dict], path: Path, title: str = "") -> Path:

@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 from intattn_tl.api import check_hparams, edit
 from intattn_tl.config.hparams import load_hparams
 from intattn_tl.core.checks import CheckError, check_int, writable_dir
-from intattn_tl.core.settings import code_version, differences, edit_settings
-from intattn_tl.core.store import IntegrityError, _atomic, read_result, read_rows, write_json, write_rows, write_text
+from intattn_tl.core.settings import code_version, edit_settings
+from intattn_tl.core.store import _atomic, read_rows, write_json, write_text
 from intattn_tl.data.records import load_edits
 from intattn_tl.edit.transaction import EditState
 from intattn_tl.errors import ReproduceError
@@ -46,6 +46,14 @@ from intattn_tl.model.spec import LoadedModel
 from intattn_tl.repro import tracking
 from intattn_tl.repro.parallel import run_parallel
 from intattn_tl.repro.plots import plot_table
+from intattn_tl.repro.results import (
+    SCORING,
+    edit_and_evaluate,
+    read_verified,
+    refuse_other_settings,
+    scoring,
+    write_result,
+)
 
 METHODS = ("ft", "rome", "r-rome", "memit", "alphaedit", "intattn")
 DISPLAY = {"pre-edit": "Pre-edit", "ft": "FT", "rome": "ROME", "r-rome": "R-ROME", "memit": "MEMIT",
@@ -93,11 +101,10 @@ def cell_settings(run: TableRun, method: str, model: LoadedModel) -> dict:
     """What decides a cell's numbers besides T: the method's resolved hyperparameters (α and layers written
     out), the dataset and the scoring. Stored in every cell; a resume must match it."""
 
-    scoring = {k: getattr(run.eval_cfg, k) for k in SCORING}
     if method == "pre-edit":
-        return {"method": method, "model": run.model, "dataset": run.dataset, "eval": scoring}
+        return {"method": method, "model": run.model, "dataset": run.dataset, "eval": scoring(run.eval_cfg)}
     hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
-    return {**edit_settings(method, hp, model), "dataset": run.dataset, "eval": scoring}
+    return {**edit_settings(method, hp, model), "dataset": run.dataset, "eval": scoring(run.eval_cfg)}
 
 
 def _cell_key(method: str, T: int) -> dict:
@@ -106,25 +113,16 @@ def _cell_key(method: str, T: int) -> dict:
 
 def read_cell(path: Path) -> dict:
     """A finished cell, verified (sha256 and its method/T key); a damaged one is refused, never counted."""
-
     method, _, T = path.stem.rpartition("-T")
-    try:
-        return read_result(path, _cell_key(method, int(T)), lambda c: c.get("method") == method and str(c.get("T")) == T)
-    except IntegrityError as err:
-        raise ReproduceError(f"cell {err}; delete it to recompute the cell") from None
+    return read_verified(path, _cell_key(method, int(T)),
+                         lambda c: c.get("method") == method and str(c.get("T")) == T, ReproduceError, "cell")
 
 
 def check_resume(run: TableRun, cells: dict, settings: dict[str, dict]) -> None:
     """Refuse to add cells to a folder whose cells of the same method were made with other settings."""
-
     for (method, T), cell in sorted(cells.items()):
-        old, new = cell.get("settings"), settings.get(method)
-        if old is None or new is None:
-            continue  # made before settings were recorded, or a method this run does not touch
-        diff = differences({k: v for k, v in old.items() if k != "code"}, json.loads(json.dumps(new, default=str)))
-        if diff:
-            raise ReproduceError(f"{run.dir / 'cells' / f'{method}-T{T}.json'} was made with other settings than this "
-                                 f"run's: {'; '.join(diff)}. Use another --out, or the same settings.")
+        refuse_other_settings(run.dir / "cells" / f"{method}-T{T}.json", cell.get("settings"), settings.get(method),
+                              ReproduceError)
 
 
 def reaggregate(summary: dict, rows: list[dict]) -> dict:
@@ -164,16 +162,8 @@ def run_cell(model: LoadedModel, method: str, records, run: TableRun, ref) -> tu
         summary, rows = _evaluate_cell(model, records, run, ref)
         return {**summary, "edit_seconds": 0.0}, rows
     hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
-    t0 = time.time()
-    # the benchmark as given, and no post-edit sanity check: a table reports what a method does, collapse included
-    result = edit(model, records, method=method, hparams=hp, progress=run.eval_cfg.progress, conflicts="allow",
-                  sanity=None)
-    t_edit = time.time() - t0
-    try:
-        summary, rows = _evaluate_cell(model, records, run, ref)
-    finally:
-        result.rollback()
-    return {**summary, "edit_seconds": t_edit}, rows
+    rows, t_edit, t_eval = edit_and_evaluate(model, method, records, hp, run.eval_cfg, ref, run.eval_cfg.progress)
+    return {**summarize(rows), "aggregation": AGGREGATION, "eval_seconds": t_eval, "edit_seconds": t_edit}, rows
 
 
 def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int], run: TableRun, ref,
@@ -198,10 +188,6 @@ def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int
             result.rollback()
 
 
-# EvalConfig fields that change the numbers (batch sizes and progress bars do not)
-SCORING = ("fluency", "fluency_max_len", "fluency_top_k", "exact_match", "seed", "fluency_sampling")
-
-
 def _run_record(run: TableRun, path: Path) -> dict:
     """run.json: the union of every run into this folder. A run whose scoring differs from the folder's
     (say a QUICK run, with 40-token fluency samples, into a full run's folder) is refused: one table, one metric."""
@@ -212,7 +198,7 @@ def _run_record(run: TableRun, path: Path) -> dict:
         except json.JSONDecodeError:
             prev = {}  # a damaged run.json says nothing the cells do not
         old = {k: prev.get("eval", {}).get(k) for k in SCORING}
-        new = {k: getattr(run.eval_cfg, k) for k in SCORING}
+        new = scoring(run.eval_cfg)
         if prev.get("eval") and old != new:
             raise ReproduceError(f"{path.parent} holds cells scored with {old}; this run scores with {new}. "
                              "Use another --out for a different evaluation.")
@@ -325,8 +311,7 @@ def _write_cell(run: TableRun, method: str, T: int, summary: dict, rows: list[di
 
     summary.update(method=method, T=T, n=len(rows), model=run.model, dataset=run.dataset, device=device,
                    settings={**settings, "code": code_version()})
-    write_rows(cell_path(run, method, T).with_suffix(".csv"), rows)
-    write_json(cell_path(run, method, T), summary, _cell_key(method, T))
+    write_result(cell_path(run, method, T), summary, rows, _cell_key(method, T))
     if run.wandb:
         log_cell(run, method, T, summary, rows)
 
