@@ -16,7 +16,8 @@ from intattn_tl.errors import ModelLoadError
 from intattn_tl.model.tiny import FAST_KINDS
 from intattn_tl.edit.targets import Suffixes, _batch, _length_groups, hidden_from, logits_from, residual_at
 from intattn_tl.model.tokens import answer_ids, prompt_ids
-from intattn_tl.locate.tracing import Stack, _Patch, trace_fact, trace_fact_loop
+from intattn_tl.locate.tracing import Stack, trace_fact, trace_fact_loop
+from intattn_tl.model.forward import KV, Forward, Patch
 from test_models import _hook_capture
 from test_rome_ft import _params
 
@@ -184,9 +185,28 @@ def test_stack_matches_bridge_beyond_sliding_window(tiny):
     assert ids.shape[1] > 64  # every tiny model's sliding window
     stack = Stack(tiny)
     with torch.no_grad():
-        ours = stack.run(stack.embed(ids), 0, 0, None, _Patch())
+        ours = stack.run(stack.embed(ids), 0, 0, None, Patch())
         ref = tiny.bridge(ids)[:, -1]
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_engine_pass_after_kept_keys_equals_full_run(tiny):
+    """A pass entering at a middle layer on the last positions, with the keys/values a full run recorded for the
+    earlier ones, gives that run's outputs there (windows that start past every tiny model's sliding window)."""
+    fw = Forward(tiny)
+    ids = _ids(tiny)
+    total, start = ids.shape[1], 2
+    t = total - 5
+    assert t > 64
+    with torch.no_grad():
+        x = fw.embed(ids)
+        rec = KV()
+        full, seen = fw.run(x, range(fw.n_layers), fw.window(x, 0, total), rec, record=True)
+        kept = KV({j: (k[:, :, :t], v[:, :, :t]) for j, (k, v) in rec.recorded.items()})
+        part = fw.run(seen.resid[:, start, t:], range(start, fw.n_layers), fw.window(x, t, total), kept)
+    assert set(rec.recorded) == set(range(fw.n_layers))
+    torch.testing.assert_close(part, full[:, t:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fw.logits(full[:, -1]), tiny.bridge(ids)[:, -1], atol=1e-4, rtol=1e-4)
 
 
 def test_tracing_fast_path_equals_per_site_loop(tiny):

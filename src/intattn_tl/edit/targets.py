@@ -22,7 +22,8 @@ Nothing below `layer`, and nothing before the subject token, depends on delta. S
 `layer` once (`residual_at`), the layers above it run once over the positions before each row's subject
 token to keep their keys/values (`Suffixes`), and every Adam step runs only the layers above `layer` on
 the positions from the subject token on. `logits_from` is the plain (all positions) version of the same
-partial forward. A family that runs no blocks itself (families/generic.py) uses `HookedSuffixes` instead: the
+partial forward; both run on the engine in model/forward.py.
+A family that runs no blocks itself (families/generic.py) uses `HookedSuffixes` instead: the
 full bridge forward with the delta added by a hook. Records are optimised together in one padded batch; Adam is element-wise and each record
 stops on its own, so a record's delta is the same as if it were optimised alone.
 """
@@ -38,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 from intattn_tl.core.paths import cache_dir
 from intattn_tl.core.store import cached, write_torch
@@ -47,7 +47,8 @@ from intattn_tl.edit.keys import key_site, subject_activations
 from intattn_tl.edit.prefixes import context_prefixes
 from intattn_tl.edit.transaction import fingerprint as fingerprint_of
 from intattn_tl.errors import IntattnError
-from intattn_tl.model.spec import LoadedModel, cache_kwarg, weights_fingerprint
+from intattn_tl.model.forward import KV, Forward, Window
+from intattn_tl.model.spec import LoadedModel, weights_fingerprint
 from intattn_tl.model.tokens import answer_ids, prompt_ids, subject_span
 
 
@@ -109,34 +110,19 @@ def residual_at(model: LoadedModel, ids: Int[Tensor, "b t"], layer: int) -> Floa
 def hidden_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int) -> Float[Tensor, "b t d"]:
     """Run blocks layer+1 .. n-1 and the final norm on `resid` (= the output of block `layer`).
 
-    Calls the HF decoder layers themselves, as the HF decoder forward does (transformers 5): causal masks
-    per attention type and rotary embeddings for positions 0..t-1, the family saying which layer has
-    which. No padding mask is needed: pads are on the right, so no real token attends to them.
+    The partial-forward engine (model/forward.py) on positions 0..t-1. No padding mask is needed: pads are
+    on the right, so no real token attends to them.
     """
 
-    family = model.spec.family
-    cfg = family.config
-    if getattr(cfg, "use_bidirectional_attention", False):
+    if getattr(model.spec.family.config, "use_bidirectional_attention", False):
         raise TargetError("partial forward does not support bidirectional attention")
-    b, t, _ = resid.shape
-    pos = torch.arange(t, device=resid.device).unsqueeze(0)
-    ones = torch.ones(b, t, dtype=torch.long, device=resid.device)
-    kinds = family.layer_types()
-    mask_args = dict(config=cfg, inputs_embeds=resid, attention_mask=ones, position_ids=pos,
-                     **{cache_kwarg(create_causal_mask): None})
-    masks = {"full_attention": create_causal_mask(**mask_args)}
-    if "sliding_attention" in kinds:
-        masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
-    rope = family.rope(resid, pos)
-    h = resid
-    for i in range(layer + 1, family.n_layers):
-        out = family.layers[i](h, attention_mask=masks[kinds[i]], position_embeddings=rope[kinds[i]], position_ids=pos)
-        h = out[0] if isinstance(out, tuple) else out  # each layer's hook moves h onto its device
-    return family.final_norm(h).to(resid.device)
+    fw = Forward(model)
+    h = fw.run(resid, range(layer + 1, fw.n_layers), fw.window(resid, 0, resid.shape[1], position_ids=True))
+    return fw.final_norm(h)
 
 
 def unembed(model: LoadedModel, h: Float[Tensor, "m d"]) -> Float[Tensor, "m vocab"]:
-    return model.spec.family.unembed(h).to(model.device)  # the head may sit on another device
+    return Forward(model).unembed(h).to(model.device)
 
 
 def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
@@ -156,25 +142,6 @@ def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
 
 
 # ----------------------------------------------------------------------------- fast path: suffixes only
-
-
-class _FixedKV:
-    """Stand-in for HF's KV cache. Recording: keeps each layer's keys/values. Replaying: returns the kept
-    ones of `rows` followed by the new ones, keeping nothing (so every step starts from the same cache)."""
-
-    def __init__(self):
-        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
-        self.rows: Tensor | None = None  # None: recording
-
-    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        if self.rows is None:
-            self.kv[layer_idx] = (k.detach(), v.detach())
-            return k, v
-        if layer_idx not in self.kv:  # no fixed positions at all (every row starts at 0)
-            return k, v
-        fk, fv = self.kv[layer_idx]  # on that layer's device
-        rows = self.rows.to(fk.device)
-        return torch.cat([fk[rows], k], -2), torch.cat([fv[rows], v], -2)
 
 
 def _length_groups(lengths: list[int], waste: float = 0.2) -> list[tuple[int, int]]:
@@ -203,23 +170,21 @@ class Suffixes:
 
     def __init__(self, model: LoadedModel, resid: Float[Tensor, "b t d"], start: Int[Tensor, "b"],
                  length: Int[Tensor, "b"], layer: int):
-        family = model.spec.family
-        if getattr(family.config, "use_bidirectional_attention", False):
+        if getattr(model.spec.family.config, "use_bidirectional_attention", False):
             raise TargetError("partial forward does not support bidirectional attention")
-        self.model, self.family, self.layer = model, family, layer
-        self.kinds = family.layer_types()
+        self.model, self.layer, self.forward = model, layer, Forward(model)
         dev, b = resid.device, resid.shape[0]
         P = int(start.max())
         S = int((length - start).max())
         self.S = S
         # keys/values of the fixed positions 0..P-1 (row i uses only c < start[i])
-        self.cache = _FixedKV()
+        fixed = KV()  # records
         c = torch.arange(P, device=dev)
         fixed_pos = c.unsqueeze(0).expand(b, P)
-        fixed_masks = self._masks(c[:, None] >= c[None, :], c[:, None] - c[None, :], resid.dtype)
+        fixed_masks = self.forward.masks(c[:, None] >= c[None, :], c[:, None] - c[None, :], resid.dtype)
         if P > 0:
-            self._run(resid[:, :P], fixed_pos, {k: m.expand(b, 1, P, P) for k, m in fixed_masks.items()})
-        self.cache.rows = torch.arange(b, device=dev)
+            self._run(resid[:, :P], fixed_pos, {k: m.expand(b, 1, P, P) for k, m in fixed_masks.items()}, fixed)
+        self.cache = KV(fixed.recorded)  # replays them before the suffixes of the rows of each call
         # suffixes, their absolute positions and their masks over [fixed keys, suffix keys]
         j = torch.arange(S, device=dev)
         self.pos = start[:, None] + j[None, :]  # [b, S]
@@ -229,18 +194,11 @@ class Suffixes:
         keys_abs = torch.cat([c[None, None, :].expand(b, S, P), self.pos[:, None, :].expand(b, S, S)], -1)
         kept = torch.cat([(c[None, :] < start[:, None])[:, None, :].expand(b, S, P),
                           (j[None, :] <= j[:, None])[None].expand(b, S, S)], -1)
-        self.masks = self._masks(kept, q - keys_abs, resid.dtype, batched=True)
+        self.masks = self.forward.masks(kept, q - keys_abs, resid.dtype)
 
-    def _masks(self, allowed, distance, dtype, batched=False) -> dict[str, Tensor]:
-        out = self.family.masks(allowed, distance, dtype)
-        return {k: (m[:, None] if batched else m[None, None]) for k, m in out.items()}
-
-    def _run(self, h: Tensor, pos: Tensor, masks: dict[str, Tensor]) -> Tensor:
-        rope = self.family.rope(h, pos)
-        home = h.device
-        for i in range(self.layer + 1, len(self.kinds)):
-            h = self.family.block(i, h, rope[self.kinds[i]], masks[self.kinds[i]], self.cache, pos)[0]
-        return self.family.final_norm(h).to(home)
+    def _run(self, h: Tensor, pos: Tensor, masks: dict[str, Tensor], cache: KV) -> Tensor:
+        fw = self.forward
+        return fw.final_norm(fw.run(h, range(self.layer + 1, fw.n_layers), Window(masks, fw.rope(h, pos), pos), cache))
 
     def hidden(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"]) -> Float[Tensor, "r S d"]:
         """Final-normed hidden states of the suffixes of `rows`, with `add` added at each row's start
@@ -266,7 +224,7 @@ class Suffixes:
         h = self.suffix[rows, :s].index_put((torch.arange(len(rows), device=add.device), torch.zeros_like(rows)),
                                             add.to(self.suffix.dtype), accumulate=True)
         keys = next(iter(self.masks.values())).shape[-1] - self.S + s  # [fixed keys, the first s suffix keys]
-        return self._run(h, self.pos[rows, :s], {k: m[rows, :, :s, :keys] for k, m in self.masks.items()})
+        return self._run(h, self.pos[rows, :s], {k: m[rows, :, :s, :keys] for k, m in self.masks.items()}, self.cache)
 
 
 class HookedSuffixes:

@@ -30,13 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from intattn_tl.core.store import _atomic, read_json, write_json, write_once
 from intattn_tl.data.records import nfc
 from intattn_tl.errors import IntattnError
+from intattn_tl.model.forward import KV, Forward, Patch
 from intattn_tl.model.spec import LoadedModel
 from intattn_tl.model.tokens import TokenError, answer_ids, prompt_ids, subject_span
 
@@ -163,105 +164,35 @@ def _prepare(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fac
 # ----------------------------------------------------------------------------- the layer stack, run directly
 
 
-class _PrefixKV:
-    """Duck-typed HF cache: prepends the corrupted run's keys/values for positions < t, or records them."""
-
-    def __init__(self, prefix: dict[int, tuple[Tensor, Tensor]] | None = None):
-        self.prefix = prefix
-        self.recorded: dict[int, tuple[Tensor, Tensor]] = {}
-
-    def update(self, k: Tensor, v: Tensor, layer_idx: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        if self.prefix is None:
-            self.recorded[layer_idx] = (k, v)
-            return k, v
-        pk, pv = self.prefix[layer_idx]
-        return torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
-
-
-@dataclass
-class _Patch:
-    """At each listed layer, for masked rows, replace a module's output at that row's position.
-
-    Each entry is layer -> (rows mask [R], position [R] (index into the computed positions), value [R, d]).
-    """
-
-    attn: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
-    mlp: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
-    resid: dict[int, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
-
-
-def _apply(out: Float[Tensor, "r p d"], patch: tuple[Tensor, Tensor, Tensor] | None) -> Float[Tensor, "r p d"]:
-    if patch is None:
-        return out
-    rows, pos, value = (t.to(out.device) for t in patch)  # `out` is on its layer's device
-    idx = torch.arange(out.shape[0], device=out.device)
-    out = out.clone()
-    out[idx, pos] = torch.where(rows[:, None], value, out[idx, pos])
-    return out
-
-
 class Stack:
-    """The model's decoder layers called one by one, through its family adapter (HF modules under the bridge)."""
+    """Tracing's use of the partial-forward engine (model/forward.py): whole runs from the embeddings, with
+    per-layer records, and P(r) / LD of last positions."""
 
     def __init__(self, model: LoadedModel):
         self.model = model
-        self.family = model.spec.family
-        self.layers = self.family.layers
-        self.embed = self.family.embed
-        self.kinds = self.family.layer_types()
-
-    def rope(self, x: Tensor, positions: Int[Tensor, "p"]) -> dict[str, tuple[Tensor, Tensor]]:
-        return self.family.rope(x, positions[None])
-
-    def masks(self, start: int, total: int, dtype: torch.dtype) -> dict[str, Float[Tensor, "1 1 q k"]]:
-        """Additive masks for queries at positions start..total-1 over keys 0..total-1."""
-        q = torch.arange(start, total, device=self.model.device)[:, None]
-        k = torch.arange(total, device=self.model.device)[None]
-        return {t: m[None, None] for t, m in self.family.masks(k <= q, q - k, dtype).items()}
-
-    def mlp_out(self, j: int, mid: Float[Tensor, "r p d"]) -> Float[Tensor, "r p d"]:
-        """Layer j's MLP output (what `hook_mlp_out` sees) for the post-attention residual `mid`."""
-        return self.family.mlp_out(j, mid).to(mid.device)
-
-    def block(self, j: int, x, rope, mask, cache, patch: _Patch):
-        """One decoder layer; returns (block output, attn out, mlp out) with the patches applied, on x's device
-        (the layer itself runs on its own: tracing keeps all per-layer records on one device)."""
-        kind = self.kinds[j]
-        out, a, m = self.family.block(j, x, rope[kind], mask[kind], cache,
-                                      on_attn=lambda a: _apply(a, patch.attn.get(j)),
-                                      on_mlp=lambda m: _apply(m, patch.mlp.get(j)))
-        return tuple(t.to(x.device) for t in (_apply(out, patch.resid.get(j)), a, m))
-
-    def unembed(self, h: Float[Tensor, "r d"]) -> Float[Tensor, "r vocab"]:
-        return self.family.unembed(self.family.final_norm(h)).to(h.device)
+        self.forward = Forward(model)
+        self.layers = self.forward.layers
+        self.embed = self.forward.embed
 
     def scores(self, h: Float[Tensor, "r d"], r: int, r2: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
         """P(r) and logit(r) - logit(r') per row, unembedding `chunk` rows at a time (vocabularies are large)."""
-        parts = [_score_rows(self.unembed(c), r, r2) for c in h.split(chunk)]
+        parts = [_score_rows(self.forward.logits(c), r, r2) for c in h.split(chunk)]
         return torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
 
     def run(self, x: Float[Tensor, "r p d"], start_layer: int, start_pos: int,
-            prefix: dict[int, tuple[Tensor, Tensor]] | None, patch: _Patch, record: bool = False):
+            prefix: dict[int, tuple[Tensor, Tensor]] | None, patch: Patch, record: bool = False):
         """Layers start_layer.. on positions start_pos.. (x holds those positions); last-position logits.
 
         With record=True (full runs only) also returns per-layer inputs, attn/mlp outputs and keys/values.
         """
-        total = start_pos + x.shape[1]
-        positions = torch.arange(start_pos, total, device=x.device)
-        rope, mask = self.rope(x, positions), self.masks(start_pos, total, x.dtype)
-        cache = _PrefixKV(prefix)
-        resid, attn, mlp = [], [], []
-        for j in range(start_layer, len(self.layers)):
-            if record:
-                resid.append(x)
-            x, a, m = self.block(j, x, rope, mask, cache, patch)
-            if record:
-                attn.append(a), mlp.append(m)
-        logits = self.unembed(x[:, -1])
+        fw = self.forward
+        cache = KV(prefix)
+        out = fw.run(x, range(start_layer, fw.n_layers), fw.window(x, start_pos, start_pos + x.shape[1]), cache,
+                     patch, record)
         if not record:
-            return logits
-        resid.append(x)
-        return logits, torch.stack(resid, 1), torch.stack(attn, 1), torch.stack(mlp, 1), cache.recorded
+            return fw.logits(out[:, -1])
+        x, rec = out
+        return fw.logits(x[:, -1]), rec.resid, rec.attn, rec.mlp, cache.recorded
 
 
 # ----------------------------------------------------------------------------- scores
@@ -342,11 +273,11 @@ def trace_fact(
     s0, s1 = fact.span
 
     emb = stack.embed(torch.tensor([fact.ids], device=dev))
-    clean_logits, clean_resid, clean_attn, clean_mlp, _ = stack.run(emb, 0, 0, None, _Patch(), record=True)
+    clean_logits, clean_resid, clean_attn, clean_mlp, _ = stack.run(emb, 0, 0, None, Patch(), record=True)
     noise = subject_noise(n_samples, s1 - s0, emb.shape[-1], std, seed).to(dev, emb.dtype)
     noisy = emb.repeat(n_samples, 1, 1)
     noisy[:, s0:s1] += noise
-    corrupt_logits, corrupt_resid, corrupt_attn, _, kv = stack.run(noisy, 0, 0, None, _Patch(), record=True)
+    corrupt_logits, corrupt_resid, corrupt_attn, _, kv = stack.run(noisy, 0, 0, None, Patch(), record=True)
     r2 = _contrast(corrupt_logits, r, contrast, model)
     p_star, ld_star = _scores(corrupt_logits[None], r, r2)
     runs = _Runs(stack, clean_resid[0], clean_attn[0], clean_mlp[0], corrupt_resid, corrupt_attn, kv, r, r2)
@@ -390,20 +321,20 @@ class _Runs:
             x[:, 0] = self.clean["resid"][layer, t]
             return x
         mid = self.corrupt_in[:, layer, t] + (self.clean["attn"][layer, t] if module == "attn" else self.corrupt_attn[:, layer, t])
-        m = self.clean["mlp"][layer, t].expand_as(mid) if module == "mlp" else self.stack.mlp_out(layer, mid[:, None])[:, 0]
+        m = self.clean["mlp"][layer, t].expand_as(mid) if module == "mlp" else self.stack.forward.mlp_out(layer, mid[:, None])[:, 0]
         x[:, 0] = mid + m
         return x
 
     def restore(self, t: int, sites: list[tuple[str, range]]) -> tuple[Float[Tensor, "rows"], Float[Tensor, "rows"]]:
         """P(r) and logit(r) - logit(r') per row (site-major, then noise sample), for sites restoring token t."""
-        stack, n, n_layers = self.stack, self.n, len(self.stack.layers)
+        fw, n, n_layers = self.stack.forward, self.n, self.stack.forward.n_layers
         entering: dict[int, list[int]] = {}
         for i, (_, layers) in enumerate(sites):
             entering.setdefault(layers.start + 1, []).append(i)
         total = self.corrupt_in.shape[2]
-        positions = torch.arange(t, total, device=self.corrupt_in.device)
         x0 = self.corrupt_in[:1, 0, t:]
-        rope, mask = stack.rope(x0, positions), stack.masks(t, total, x0.dtype)
+        window = fw.window(x0, t, total)
+        cache = KV({j: (k[:, :, :t], v[:, :, :t]) for j, (k, v) in self.kv.items()})  # corrupted keys/values before t
         order: list[int] = []
         x = x0[:0]
         for j in range(n_layers + 1):
@@ -414,17 +345,16 @@ class _Runs:
             if j == n_layers or not order:
                 continue
             samples = torch.arange(n, device=x.device).repeat(len(order))
-            kv = self.kv[j]  # recorded on layer j's device
-            prefix = {j: (kv[0][samples.to(kv[0].device), :, :t], kv[1][samples.to(kv[1].device), :, :t])}
-            patch = _Patch()
+            cache.rows = samples  # each row's own noise sample
+            patch = Patch()
             for module in ("attn", "mlp"):
                 hit = torch.tensor([sites[i][0] == module + "_window" and j in sites[i][1] for i in order], device=x.device)
                 if hit.any():
                     rows = hit.repeat_interleave(n)
                     value = self.clean[module][j, t].expand(len(rows), -1)
                     getattr(patch, module)[j] = (rows, torch.zeros_like(samples), value)
-            x = stack.block(j, x, rope, mask, _PrefixKV(prefix), patch)[0]
-        p, d = stack.scores(x[:, -1], self.r, self.r2)
+            x = fw.block(j, x, window, cache, patch)[0]
+        p, d = self.stack.scores(x[:, -1], self.r, self.r2)
         rank = torch.empty(len(order), dtype=torch.long)
         rank[torch.tensor(order)] = torch.arange(len(order))
         rows = (rank[:, None] * n + torch.arange(n)).flatten().to(p.device)
