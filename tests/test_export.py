@@ -15,6 +15,8 @@ from intattn_tl.edit.transaction import EditState
 from intattn_tl.api import edit
 from intattn_tl.edit.export import CARD_FILE, ExportError, edit_card, export_model
 from intattn_tl.methods.memit import MEMITHparams
+from intattn_tl.model.load import load_model
+from intattn_tl.model.tiny import TINY_KINDS
 
 FACT = EditRecord(id="f", prompt="The capital of Zorbania is", subject="Zorbania", target_new="Quix",
                   ground_truth=("Zorb",))
@@ -30,17 +32,20 @@ try:
     raise SystemExit("intattn_tl importable in the plain process")
 except ImportError:
     pass
-folder, prompt = sys.argv[1], sys.argv[2]
+folder, prompt, eager = sys.argv[1], sys.argv[2], sys.argv[3] == "eager"
 tok = AutoTokenizer.from_pretrained(folder)
-model = AutoModelForCausalLM.from_pretrained(folder)
+model = AutoModelForCausalLM.from_pretrained(folder, **({"attn_implementation": "eager"} if eager else {}))
 ids = tok(prompt, return_tensors="pt")["input_ids"]
 with torch.no_grad():
     print(json.dumps({"ids": ids[0].tolist(), "dtype": str(model.dtype), "logits": model(ids).logits[0, -1].tolist()}))
 """
 
 
-def _plain_logits(folder, prompt):
-    out = subprocess.run([sys.executable, "-c", LOAD, str(folder), prompt], capture_output=True, text=True,
+def _plain_logits(folder, prompt, eager=False):
+    """Logits of `prompt` from the exported folder in a plain process; `eager`: the attention kernel the bridge runs
+    (the default, sdpa, sums in another order)."""
+    out = subprocess.run([sys.executable, "-c", LOAD, str(folder), prompt, "eager" if eager else "default"],
+                         capture_output=True, text=True,
                          timeout=600, cwd="/")
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -119,3 +124,25 @@ def test_apply_cli_exports_a_saved_edit_and_generate_shows_before_after(tiny_lla
     out = capsys.readouterr().out
     assert PROMPT in out and "before:" in out and "after:" in out
     assert main(["generate", "--model", str(tmp_path / "out"), "--tokens", "3", PROMPT]) == 0  # the export loads too
+
+
+@pytest.mark.parametrize("kind", TINY_KINDS)
+def test_export_of_every_tiny_architecture_carries_the_edit_exactly(kind, tmp_path):
+    """In float64, so that the comparison is exact: in float32 an edit with large entries (tiny models' statistics
+    are poorly conditioned) turns the different summation order of the bridge's and plain transformers' kernels into
+    differences of ~1e-5 relative (6e-4 on GPT-J's residual at norm 44), which vanish (~1e-12) in float64."""
+    model = load_model(f"tiny-{kind}", dtype=torch.float64)
+    hp = MEMITHparams(layers=[1, 2], mom2_update_weight=1.0, mom2_n_samples=256, v_num_grad_steps=10,
+                      clamp_norm_factor=10.0, v_lr=0.5, v_lr_units="absolute")
+    result = edit(model, [FACT], "memit", hp, EditState(data={"prefixes": [""]}))
+    try:
+        folder = export_model(model, tmp_path / "edited", [edit_card(result)])
+        ids, dtype, plain = _plain_logits(folder, PROMPT, eager=True)
+        edited = _bridge_logits(model, ids).double()
+    finally:
+        result.rollback()
+    assert dtype == "torch.float64"
+    assert (edited - _bridge_logits(model, ids).double()).abs().max() > 1e-3  # the edit moved these logits
+    # 1e-6, not 1e-12: NeoX's float64 copies already differ by 5e-8 before any edit (the in-memory rotary
+    # frequencies were cast to float64); GPT-J's residuals agree to 1e-12
+    torch.testing.assert_close(plain.double(), edited, atol=1e-6, rtol=1e-6)

@@ -405,7 +405,9 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
     max_norm = hp.clamp_norm_factor * clamp_by.norm(dim=-1)
     scale = step_scale(hp, size)
     torch.manual_seed(hp.seed)
-    u = torch.zeros(n, resid.shape[-1], device=resid.device, requires_grad=True)  # delta = scale * u
+    # delta = scale * u, optimised in float32 (float64 for a float64 model), never in bfloat16
+    u = torch.zeros(n, resid.shape[-1], device=resid.device, dtype=torch.promote_types(resid.dtype, torch.float32),
+                    requires_grad=True)
     opt = torch.optim.Adam([u], lr=hp.v_lr)
     final = torch.zeros_like(u, requires_grad=False)
     done = torch.zeros(n, dtype=torch.bool, device=resid.device)
@@ -425,7 +427,7 @@ def optimize_deltas(model: LoadedModel, records: list[EditRecord], layer: int, h
         stop = active & ((loss < hp.early_stop_loss) | (step == hp.v_num_grad_steps - 1))
         with torch.no_grad():
             final[stop] = delta[stop]
-            losses[stop.cpu()] = loss[stop].detach().cpu()
+            losses[stop.cpu()] = loss[stop].detach().cpu().to(losses.dtype)
         done |= stop
         if done.all():
             break
