@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-from intattn_tl.data.records import EditRecord
-from intattn_tl.edit.transaction import EditState
 from intattn_tl.api import edit
+from intattn_tl.data.records import EditRecord
 from intattn_tl.edit.export import CARD_FILE, ExportError, edit_card, export_model
+from intattn_tl.edit.transaction import EditState
 from intattn_tl.methods.memit import MEMITHparams
 from intattn_tl.model.load import load_model
 from intattn_tl.model.tiny import TINY_KINDS

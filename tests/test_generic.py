@@ -4,15 +4,16 @@ generic adapter gives the fast adapter's numbers."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import support_table
 import torch
+from test_conformance import HPARAMS, REC, _first_target_logprob
+from test_rome_ft import _params
 
 from intattn_tl.api import edit
-from intattn_tl.data.records import EditRecord
 from intattn_tl.diagnostics.check import check_hooks, check_logits, check_projection, probe_batch
 from intattn_tl.edit.keys import subject_activations
 from intattn_tl.edit.targets import TargetError, TargetHparams, logits_from, residual_at, target_deltas
@@ -22,9 +23,7 @@ from intattn_tl.locate.tracing import trace_fact, trace_fact_loop
 from intattn_tl.methods.registry import get_method
 from intattn_tl.model.families import Generic, family_class
 from intattn_tl.model.load import load_model
-from intattn_tl.model.tiny import FAST_KINDS, GENERIC_KINDS, byte_tokenizer
-from test_conformance import HPARAMS, REC, _first_target_logprob
-from test_rome_ft import _params
+from intattn_tl.model.tiny import GENERIC_KINDS, byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 PARALLEL = {"neox", "gptj", "phi"}  # attention and MLP read the same residual
@@ -253,7 +252,8 @@ def test_architecture_the_bridge_does_not_boot_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- docs/models.md
 
 
-def test_models_doc_table_lists_every_tiny_architecture():
-    text = (ROOT / "docs" / "models.md").read_text()
-    rows = dict(re.findall(r"^\| `tiny-(\w+)` \| [^|]+ \| (fast|generic) \|", text, re.M))
-    assert rows == {**{k: "fast" for k in FAST_KINDS}, **{k: "generic" for k in GENERIC_KINDS}}, rows
+def test_support_tables_are_the_generated_ones():
+    """README's and docs/models.md's architecture tables are `python tests/support_table.py`'s output."""
+    rs = support_table.rows()
+    assert support_table.docs_table(rs) in (ROOT / "docs" / "models.md").read_text()
+    assert support_table.readme_table(rs) in (ROOT / "README.md").read_text()
