@@ -16,7 +16,7 @@ from intattn_tl.errors import ModelLoadError
 from intattn_tl.model.tiny import FAST_KINDS
 from intattn_tl.edit.targets import Suffixes, _batch, _length_groups, hidden_from, logits_from, residual_at
 from intattn_tl.model.tokens import answer_ids, prompt_ids
-from intattn_tl.locate.tracing import Stack, _Patch, trace_fact, trace_fact_loop
+from intattn_tl.locate.tracing import Patch, Stack, trace_fact, trace_fact_loop
 from test_models import _hook_capture
 from test_rome_ft import _params
 
@@ -184,7 +184,7 @@ def test_stack_matches_bridge_beyond_sliding_window(tiny):
     assert ids.shape[1] > 64  # every tiny model's sliding window
     stack = Stack(tiny)
     with torch.no_grad():
-        ours = stack.run(stack.embed(ids), 0, 0, None, _Patch())
+        ours = stack.run(stack.embed(ids), 0, 0, None, Patch())
         ref = tiny.bridge(ids)[:, -1]
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
 

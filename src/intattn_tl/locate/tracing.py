@@ -149,7 +149,7 @@ class _Fact:
     answer_token: int
 
 
-def _prepare(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fact:
+def prepare_fact(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fact:
     tok = model.tokenizer
     prompt, subject, answer = nfc(prompt), nfc(subject), nfc(answer)  # as every record is
     span = subject_span(tok, prompt, subject)  # raises TokenError naming subject and prompt
@@ -163,7 +163,7 @@ def _prepare(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fac
 # ----------------------------------------------------------------------------- the layer stack, run directly
 
 
-class _PrefixKV:
+class PrefixKV:
     """Duck-typed HF cache: prepends the corrupted run's keys/values for positions < t, or records them."""
 
     def __init__(self, prefix: dict[int, tuple[Tensor, Tensor]] | None = None):
@@ -179,7 +179,7 @@ class _PrefixKV:
 
 
 @dataclass
-class _Patch:
+class Patch:
     """At each listed layer, for masked rows, replace a module's output at that row's position.
 
     Each entry is layer -> (rows mask [R], position [R] (index into the computed positions), value [R, d]).
@@ -223,7 +223,7 @@ class Stack:
         """Layer j's MLP output (what `hook_mlp_out` sees) for the post-attention residual `mid`."""
         return self.family.mlp_out(j, mid).to(mid.device)
 
-    def block(self, j: int, x, rope, mask, cache, patch: _Patch):
+    def block(self, j: int, x, rope, mask, cache, patch: Patch):
         """One decoder layer; returns (block output, attn out, mlp out) with the patches applied, on x's device
         (the layer itself runs on its own: tracing keeps all per-layer records on one device)."""
         kind = self.kinds[j]
@@ -237,11 +237,11 @@ class Stack:
 
     def scores(self, h: Float[Tensor, "r d"], r: int, r2: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
         """P(r) and logit(r) - logit(r') per row, unembedding `chunk` rows at a time (vocabularies are large)."""
-        parts = [_score_rows(self.unembed(c), r, r2) for c in h.split(chunk)]
+        parts = [score_rows(self.unembed(c), r, r2) for c in h.split(chunk)]
         return torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
 
     def run(self, x: Float[Tensor, "r p d"], start_layer: int, start_pos: int,
-            prefix: dict[int, tuple[Tensor, Tensor]] | None, patch: _Patch, record: bool = False):
+            prefix: dict[int, tuple[Tensor, Tensor]] | None, patch: Patch, record: bool = False):
         """Layers start_layer.. on positions start_pos.. (x holds those positions); last-position logits.
 
         With record=True (full runs only) also returns per-layer inputs, attn/mlp outputs and keys/values.
@@ -249,7 +249,7 @@ class Stack:
         total = start_pos + x.shape[1]
         positions = torch.arange(start_pos, total, device=x.device)
         rope, mask = self.rope(x, positions), self.masks(start_pos, total, x.dtype)
-        cache = _PrefixKV(prefix)
+        cache = PrefixKV(prefix)
         resid, attn, mlp = [], [], []
         for j in range(start_layer, len(self.layers)):
             if record:
@@ -275,7 +275,7 @@ def _scores(logits: Float[Tensor, "s n vocab"], r: int, r2: int) -> tuple[Tensor
     return prob, ld
 
 
-def _contrast(corrupt_logits: Float[Tensor, "n vocab"], r: int, contrast: int | str | None, model) -> int:
+def pick_contrast(corrupt_logits: Float[Tensor, "n vocab"], r: int, contrast: int | str | None, model) -> int:
     """r': an explicit token/string (its first token), else the corrupted run's most probable token != r."""
     if contrast is None:
         probs = torch.softmax(corrupt_logits.float(), -1).mean(0)
@@ -335,19 +335,19 @@ def trace_fact(
         return trace_fact_loop(model, prompt, subject, answer, n_samples=n_samples, noise_scale=noise_scale,
                                embed_std=embed_std, window=window, kinds=kinds, seed=seed, contrast=contrast)
     kinds = _check(n_samples, window, kinds)
-    fact = _prepare(model, prompt, subject, answer)
+    fact = prepare_fact(model, prompt, subject, answer)
     stack, dev = Stack(model), model.device
     n_layers, n_tok, r = len(stack.layers), len(fact.ids), fact.answer_token
     std = noise_scale * (embedding_std(model) if embed_std is None else embed_std)
     s0, s1 = fact.span
 
     emb = stack.embed(torch.tensor([fact.ids], device=dev))
-    clean_logits, clean_resid, clean_attn, clean_mlp, _ = stack.run(emb, 0, 0, None, _Patch(), record=True)
+    clean_logits, clean_resid, clean_attn, clean_mlp, _ = stack.run(emb, 0, 0, None, Patch(), record=True)
     noise = subject_noise(n_samples, s1 - s0, emb.shape[-1], std, seed).to(dev, emb.dtype)
     noisy = emb.repeat(n_samples, 1, 1)
     noisy[:, s0:s1] += noise
-    corrupt_logits, corrupt_resid, corrupt_attn, _, kv = stack.run(noisy, 0, 0, None, _Patch(), record=True)
-    r2 = _contrast(corrupt_logits, r, contrast, model)
+    corrupt_logits, corrupt_resid, corrupt_attn, _, kv = stack.run(noisy, 0, 0, None, Patch(), record=True)
+    r2 = pick_contrast(corrupt_logits, r, contrast, model)
     p_star, ld_star = _scores(corrupt_logits[None], r, r2)
     runs = _Runs(stack, clean_resid[0], clean_attn[0], clean_mlp[0], corrupt_resid, corrupt_attn, kv, r, r2)
 
@@ -416,14 +416,14 @@ class _Runs:
             samples = torch.arange(n, device=x.device).repeat(len(order))
             kv = self.kv[j]  # recorded on layer j's device
             prefix = {j: (kv[0][samples.to(kv[0].device), :, :t], kv[1][samples.to(kv[1].device), :, :t])}
-            patch = _Patch()
+            patch = Patch()
             for module in ("attn", "mlp"):
                 hit = torch.tensor([sites[i][0] == module + "_window" and j in sites[i][1] for i in order], device=x.device)
                 if hit.any():
                     rows = hit.repeat_interleave(n)
                     value = self.clean[module][j, t].expand(len(rows), -1)
                     getattr(patch, module)[j] = (rows, torch.zeros_like(samples), value)
-            x = stack.block(j, x, rope, mask, _PrefixKV(prefix), patch)[0]
+            x = stack.block(j, x, rope, mask, PrefixKV(prefix), patch)[0]
         p, d = stack.scores(x[:, -1], self.r, self.r2)
         rank = torch.empty(len(order), dtype=torch.long)
         rank[torch.tensor(order)] = torch.arange(len(order))
@@ -431,7 +431,7 @@ class _Runs:
         return p[rows], d[rows]
 
 
-def _score_rows(logits: Float[Tensor, "r vocab"], r: int, r2: int) -> tuple[Tensor, Tensor]:
+def score_rows(logits: Float[Tensor, "r vocab"], r: int, r2: int) -> tuple[Tensor, Tensor]:
     logits = logits.float()
     return torch.softmax(logits, -1)[:, r], logits[:, r] - logits[:, r2]
 
@@ -450,7 +450,7 @@ def trace_fact_loop(
     `sites` limits the loop to those (kind, layer, token) triples (the rest is NaN), for timing samples.
     """
     kinds = _check(n_samples, window, kinds)
-    fact = _prepare(model, prompt, subject, answer)
+    fact = prepare_fact(model, prompt, subject, answer)
     bridge, dev = model.bridge, model.device
     n_layers, n_tok, r = model.spec.n_layers, len(fact.ids), fact.answer_token
     std = noise_scale * (embedding_std(model) if embed_std is None else embed_std)
@@ -476,7 +476,7 @@ def trace_fact_loop(
 
     batch = ids.repeat(n_samples, 1)
     corrupt_logits = bridge.run_with_hooks(batch, fwd_hooks=[("hook_embed", add_noise)])[:, -1]
-    r2 = _contrast(corrupt_logits, r, contrast, model)
+    r2 = pick_contrast(corrupt_logits, r, contrast, model)
     prob = torch.full((len(kinds), n_layers, n_tok), float("nan"), device=dev)
     ld = torch.full_like(prob, float("nan"))
     wanted = None if sites is None else set(sites)
@@ -533,7 +533,7 @@ def trace_dataset(
     if not 0 <= i < n:
         raise TraceError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
     kwargs.setdefault("embed_std", embedding_std(model))
-    folder = _open_store(store, {**(settings or {}), **{k: v for k, v in kwargs.items() if k != "embed_std"}})
+    folder = open_store(store, {**(settings or {}), **{k: v for k, v in kwargs.items() if k != "embed_std"}})
     chosen, seen, skipped = select_facts(model, facts, n_facts, known_only, folder, progress)
     if folder is not None:
         write_selection(folder, [f.id for f in chosen], seen, skipped, n_facts, known_only)
@@ -605,7 +605,7 @@ def read_store(store: str | Path) -> tuple[DatasetTrace, list[str], dict]:
     return DatasetTrace(results, sel["seen"], skipped), missing, json.loads((folder / "settings.json").read_text())
 
 
-def _open_store(store: str | Path | None, settings: dict) -> Path | None:
+def open_store(store: str | Path | None, settings: dict) -> Path | None:
     if store is None:
         return None
     folder = Path(store)
