@@ -128,7 +128,13 @@ def test_concentration_arithmetic():
     assert np.isnan(concentration(-np.ones((2, 2)))["top1"])
 
 
-def test_bad_input_is_refused(tiny_llama):
+def test_bad_input_is_refused(tiny_llama, monkeypatch):
+    from intattn_tl.locate import heads
+
+    with monkeypatch.context() as m:  # refused before any forward
+        m.setattr(heads, "_state", lambda *a, **k: pytest.fail("the model ran before the sites were checked"))
+        with pytest.raises(TraceError, match="outside the model"):
+            restore_heads(tiny_llama, *FACT, [(10, 0, [0])], n_samples=1)  # the prompt has 10 tokens
     with pytest.raises(TraceError, match="n_samples"):
         trace_heads(tiny_llama, *FACT, n_samples=0)
     with pytest.raises(TraceError, match="engine must be"):

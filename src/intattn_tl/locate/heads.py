@@ -265,12 +265,14 @@ def restore_heads(
     at that token and layer put back into the corrupted run. Also returns the clean/corrupted scores."""
     engine = _engine(model, engine)
     n_layers, n_heads = model.spec.n_layers, model.spec.n_heads
+    _check_samples(n_samples)
     sites = [(int(t), int(layer), tuple(int(h) for h in heads)) for t, layer, heads in sites]
-    st = _state(model, prompt, subject, answer, n_samples, noise_scale, embed_std, seed, contrast, engine)
+    n_tok = len(prepare_fact(model, prompt, subject, answer).ids)  # no forward yet
     for t, layer, heads in sites:
-        if not (0 <= t < len(st.ids) and 0 <= layer < n_layers and heads and all(0 <= h < n_heads for h in heads)):
+        if not (0 <= t < n_tok and 0 <= layer < n_layers and heads and all(0 <= h < n_heads for h in heads)):
             raise TraceError(f"site (token {t}, layer {layer}, heads {heads}) is outside the model "
-                             f"({len(st.ids)} tokens, {n_layers} layers, {n_heads} heads) or restores no head")
+                             f"({n_tok} tokens, {n_layers} layers, {n_heads} heads) or restores no head")
+    st = _state(model, prompt, subject, answer, n_samples, noise_scale, embed_std, seed, contrast, engine)
     prob, ld = _run_sites(model, st, sites, max_rows, engine)
     return prob.cpu().numpy(), ld.cpu().numpy(), _baselines(st)
 
