@@ -308,9 +308,9 @@ def test_tokens_name_a_unicode_form_difference(tiny_llama):
 def test_cli_text_and_facts_are_nfc(tiny_llama):
     from intattn_tl.core.checks import free_text
     from intattn_tl.data.records import KnownFact, Probe
-    from intattn_tl.locate.tracing import _prepare
+    from intattn_tl.locate.tracing import prepare_fact
 
     assert free_text(ZOE_NFD) == ZOE_NFC
     assert KnownFact("1", f"{ZOE_NFD} was born in", ZOE_NFD, "Passaic", "P19").subject == ZOE_NFC
     assert Probe(ZOE_NFD, (ZOE_NFD,)) == Probe(ZOE_NFC, (ZOE_NFC,))
-    _prepare(tiny_llama, f"{ZOE_NFC} was born in", ZOE_NFD, "Passaic")  # the Python tracing API too
+    prepare_fact(tiny_llama, f"{ZOE_NFC} was born in", ZOE_NFD, "Passaic")  # the Python tracing API too

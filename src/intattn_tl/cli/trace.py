@@ -1,7 +1,9 @@
 """`intattn trace`: causal tracing over known facts; writes arrays, CSV, figures and the alpha/layers file.
 
 Across machines: `intattn trace ... --shard i/n --out DIR` on n machines sharing DIR (each traces every n-th
-chosen fact into DIR/facts), then `intattn trace --collect --out DIR` writes what the unsharded run writes."""
+chosen fact into DIR/facts), then `intattn trace --collect --out DIR` writes what the unsharded run writes.
+`--kinds head` (alone or with other kinds) also traces single attention heads (locate/heads.py) into DIR/heads
+and writes heads.npz, heads.json and heads_heatmap.png; it is not sharded."""
 
 from __future__ import annotations
 
@@ -40,8 +42,9 @@ def add_arguments(p) -> None:
                    help="noise std in units of the embedding std")
     p.add_argument("--window", type=integer(lo=1), default=10, help="layers restored together by the *_window kinds")
     p.add_argument("--seed", type=integer(lo=0), default=0)
-    p.add_argument("--kinds", default=None, type=name_list(KINDS), help="comma-separated restoration kinds to trace "
-                   "(resid, attn, mlp, attn_window, mlp_window; default: all)")
+    p.add_argument("--kinds", default=None, type=name_list(KINDS + ("head",)), help="comma-separated restoration "
+                   "kinds to trace (resid, attn, mlp, attn_window, mlp_window; default: those five) and/or head: "
+                   "every single attention head's hook_z at the last subject token and the last token")
     add_dtype_argument(p)  # tracing computes in the model's dtype
     add_placement_arguments(p)
     p.add_argument("--min-ld-gap", type=real(finite=False), default=1.0, help="leave facts whose corruption lowers "
@@ -85,6 +88,10 @@ def run(args) -> int:
 
     out = Path(args.out)
     command = "intattn trace " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["trace"] else None
+    heads = "head" in (args.kinds or ())
+    if heads and (args.collect or args.shard[1] > 1):
+        raise TraceError("--kinds head is not sharded: --shard / --collect trace the module kinds only; trace "
+                         "heads in one run (intattn trace --kinds head ...)")
     if args.collect:
         trace, missing, stored = read_store(out / "facts")
         if missing:
@@ -100,6 +107,10 @@ def run(args) -> int:
               f"changes the package defaults); got --facts {args.facts}", file=sys.stderr)
         return 2
     kinds = tuple(args.kinds) if args.kinds else KINDS
+    kinds = tuple(k for k in kinds if k != "head")  # the module kinds; head is traced on its own
+    if heads and args.install_defaults and not kinds:
+        raise TraceError("--install-defaults needs the module kinds (alpha comes from attn/mlp); --kinds head alone "
+                         "writes no alpha/layers")
     own = [tuple(f) for f in args.fact or []]
     bad = [f for f in own if len(f) not in (2, 3)]
     if bad:
@@ -120,23 +131,35 @@ def run(args) -> int:
             args.facts = len(facts)
             for f in facts:
                 print(f"fact {f.id}: {f.prompt!r} -> {f.attribute!r} (subject {f.subject!r})")
+        settings = {"model": args.model, "dtype": args.dtype,
+                    **({"own_facts": [[f.prompt, f.subject, f.attribute] for f in facts]} if own else {})}
+        trace = head_trace = None
         try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
-            trace = trace_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
-                                  noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
-                                  store=out / "facts", settings={"model": args.model, "dtype": args.dtype,
-                                                                 **({"own_facts": [[f.prompt, f.subject, f.attribute]
-                                                                                   for f in facts]} if own else {})},
-                                  shard=args.shard)
+            if kinds:
+                trace = trace_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
+                                      noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
+                                      store=out / "facts", settings=settings, shard=args.shard)
+                print(f"traced {len(trace.results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in "
+                      f"{time.time() - t0:.0f}s")
+            if heads:  # the same facts: chosen by the same rule from the same list
+                from intattn_tl.locate.heads import trace_heads_dataset
+
+                t1 = time.time()
+                head_trace = trace_heads_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
+                                                 noise_scale=args.noise_scale, seed=args.seed, store=out / "heads",
+                                                 settings=settings)
+                print(f"traced the heads of {len(head_trace.results)} facts in {time.time() - t1:.0f}s")
         except TraceError as err:
             print(f"intattn trace: {err}", file=sys.stderr)
             return 2
-        print(f"traced {len(trace.results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in "
-              f"{time.time() - t0:.0f}s")
         if args.shard[1] > 1:
             print(f"shard {args.shard[0]}/{args.shard[1]} done -> {out / 'facts'}; when every shard is: "
                   f"intattn trace --collect --out {out}")
             return 0
-    return write_outputs(args, out, kinds, trace, command)
+    rc = write_outputs(args, out, kinds, trace, command) if kinds else 0
+    if heads:
+        rc = write_head_outputs(args, out, head_trace, trace if kinds else None) or rc
+    return rc
 
 
 def write_outputs(args, out: Path, kinds, trace, command: str | None) -> int:
@@ -256,3 +279,53 @@ def log_trace(args, out: Path, kinds, record: dict, ld: dict, prob: dict, figure
                             lines={"ld_by_layer": ("layer_curves", "layer", "ld", "kind"),
                                    "prob_by_layer": ("layer_curves", "layer", "prob", "kind")},
                             name=f"trace-{args.model}-{record['n_facts']}facts")
+
+
+def write_head_outputs(args, out: Path, head_trace, trace=None) -> int:
+    """heads.npz (per-fact [fact, position, layer, head] effects, means and SEs over facts), heads_heatmap.png
+    and heads.json (concentration, top heads, the heads' share of the attention effect and, when the module
+    kinds were traced too, of alpha's attention sum)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from intattn_tl.locate.balance import summarize
+    from intattn_tl.locate.heads import POSITIONS, aggregate_heads, head_grid_array, summarize_heads
+    from intattn_tl.locate.plots import plot_head_heatmaps
+    from intattn_tl.locate.tracing import TraceError
+
+    results = head_trace.results
+    if not results:
+        print("no fact could be traced for heads; see heads/selection.json", file=sys.stderr)
+        return 1
+    alpha, alpha_value = {}, None
+    if trace is not None and trace.results and {"attn_window", "mlp_window"} <= set(trace.results[0].kinds):
+        try:
+            s = summarize(trace.results, attn_width=args.attn_width, mlp_width=args.mlp_width, window=True,
+                          attn_layers=_layers(args.attn_layers), mlp_layers=_layers(args.mlp_layers),
+                          min_ld_gap=args.min_ld_gap)
+            alpha = {"attn_window_curve": s["curves"]["attn"], "attn_layers": s["attn_layers"], "window": args.window}
+            alpha_value = s["alpha"]
+        except TraceError as err:  # the head numbers stand without it
+            print(f"intattn trace: heads.json gets no share of alpha's attention sum: {err}", file=sys.stderr)
+    try:
+        agg = aggregate_heads(results, args.min_ld_gap)
+        summary = summarize_heads(results, min_ld_gap=args.min_ld_gap, **alpha)
+    except TraceError as err:
+        print(f"intattn trace: no head summary written: {err}", file=sys.stderr)
+        return 1
+    arrays = {**head_grid_array(results), **{k: v for k, v in agg.items() if isinstance(v, np.ndarray)},
+              "position_names": np.array(POSITIONS)}
+    np.savez_compressed(out / "heads.npz", **arrays)
+    record = {"model": args.model, "n_samples": args.samples, "noise_scale": args.noise_scale, "seed": args.seed,
+              "dtype": args.dtype, "min_ld_gap": args.min_ld_gap, "n_read": head_trace.seen, **summary}
+    if alpha:
+        record["alpha_attention_sum"]["alpha"] = round(alpha_value, 4)
+    (out / "heads.json").write_text(json.dumps(record, indent=1))
+    fig = plot_head_heatmaps(agg["ld_mean"], POSITIONS, title=f"{args.model}: mean normalized LD of one head's hook_z "
+                             f"over {agg['n_facts_ld']} facts")
+    fig.savefig(out / "heads_heatmap.png", dpi=110)
+    plt.close(fig)
+    c = summary["concentration_per_fact"]
+    print(f"heads: top-1/5/10 carry {c['top1']['mean']:.2f}/{c['top5']['mean']:.2f}/{c['top10']['mean']:.2f} of a fact's "
+          f"positive head effect at the last subject token (mean over {agg['n_facts_ld']} facts) -> {out / 'heads.json'}")
+    return 0

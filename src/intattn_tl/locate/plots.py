@@ -60,3 +60,24 @@ def plot_fact(result, kind: str = "resid", metric: str = "ld"):
     return fig
 
 
+
+
+def plot_head_heatmaps(mean, positions=("last subject", "last"), title: str = "", metric: str = "normalized LD"):
+    """Per-head tracing: mean effect of restoring one head's hook_z, [layer x head], one panel per position.
+    A diverging scale centred on 0 per panel: a head can also push the answer down."""
+    mean = np.asarray(mean)  # [position, layer, head]
+    n_layers, n_heads = mean.shape[1:]
+    fig, axes = plt.subplots(1, len(positions), figsize=(1.2 + 0.32 * n_heads * len(positions) + 1.6 * len(positions),
+                                                          1.4 + 0.16 * n_layers), squeeze=False)
+    for ax, grid, name in zip(axes[0], mean, positions):
+        vmax = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0
+        vmax = vmax or 1.0
+        im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-vmax, vmax=vmax, origin="lower")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_xticks(range(0, n_heads, max(1, n_heads // 8)))
+        ax.set_title(f"restore one head at the {name} token", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.08, label=metric)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

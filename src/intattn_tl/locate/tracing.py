@@ -150,7 +150,7 @@ class _Fact:
     answer_token: int
 
 
-def _prepare(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fact:
+def prepare_fact(model: LoadedModel, prompt: str, subject: str, answer: str) -> _Fact:
     tok = model.tokenizer
     prompt, subject, answer = nfc(prompt), nfc(subject), nfc(answer)  # as every record is
     span = subject_span(tok, prompt, subject)  # raises TokenError naming subject and prompt
@@ -176,7 +176,7 @@ class Stack:
 
     def scores(self, h: Float[Tensor, "r d"], r: int, r2: int, chunk: int = 256) -> tuple[Tensor, Tensor]:
         """P(r) and logit(r) - logit(r') per row, unembedding `chunk` rows at a time (vocabularies are large)."""
-        parts = [_score_rows(self.forward.logits(c), r, r2) for c in h.split(chunk)]
+        parts = [score_rows(self.forward.logits(c), r, r2) for c in h.split(chunk)]
         return torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
 
     def run(self, x: Float[Tensor, "r p d"], start_layer: int, start_pos: int,
@@ -206,7 +206,7 @@ def _scores(logits: Float[Tensor, "s n vocab"], r: int, r2: int) -> tuple[Tensor
     return prob, ld
 
 
-def _contrast(corrupt_logits: Float[Tensor, "n vocab"], r: int, contrast: int | str | None, model) -> int:
+def pick_contrast(corrupt_logits: Float[Tensor, "n vocab"], r: int, contrast: int | str | None, model) -> int:
     """r': an explicit token/string (its first token), else the corrupted run's most probable token != r."""
     if contrast is None:
         probs = torch.softmax(corrupt_logits.float(), -1).mean(0)
@@ -266,7 +266,7 @@ def trace_fact(
         return trace_fact_loop(model, prompt, subject, answer, n_samples=n_samples, noise_scale=noise_scale,
                                embed_std=embed_std, window=window, kinds=kinds, seed=seed, contrast=contrast)
     kinds = _check(n_samples, window, kinds)
-    fact = _prepare(model, prompt, subject, answer)
+    fact = prepare_fact(model, prompt, subject, answer)
     stack, dev = Stack(model), model.device
     n_layers, n_tok, r = len(stack.layers), len(fact.ids), fact.answer_token
     std = noise_scale * (embedding_std(model) if embed_std is None else embed_std)
@@ -278,7 +278,7 @@ def trace_fact(
     noisy = emb.repeat(n_samples, 1, 1)
     noisy[:, s0:s1] += noise
     corrupt_logits, corrupt_resid, corrupt_attn, _, kv = stack.run(noisy, 0, 0, None, Patch(), record=True)
-    r2 = _contrast(corrupt_logits, r, contrast, model)
+    r2 = pick_contrast(corrupt_logits, r, contrast, model)
     p_star, ld_star = _scores(corrupt_logits[None], r, r2)
     runs = _Runs(stack, clean_resid[0], clean_attn[0], clean_mlp[0], corrupt_resid, corrupt_attn, kv, r, r2)
 
@@ -361,7 +361,7 @@ class _Runs:
         return p[rows], d[rows]
 
 
-def _score_rows(logits: Float[Tensor, "r vocab"], r: int, r2: int) -> tuple[Tensor, Tensor]:
+def score_rows(logits: Float[Tensor, "r vocab"], r: int, r2: int) -> tuple[Tensor, Tensor]:
     logits = logits.float()
     return torch.softmax(logits, -1)[:, r], logits[:, r] - logits[:, r2]
 
@@ -380,7 +380,7 @@ def trace_fact_loop(
     `sites` limits the loop to those (kind, layer, token) triples (the rest is NaN), for timing samples.
     """
     kinds = _check(n_samples, window, kinds)
-    fact = _prepare(model, prompt, subject, answer)
+    fact = prepare_fact(model, prompt, subject, answer)
     bridge, dev = model.bridge, model.device
     n_layers, n_tok, r = model.spec.n_layers, len(fact.ids), fact.answer_token
     std = noise_scale * (embedding_std(model) if embed_std is None else embed_std)
@@ -406,7 +406,7 @@ def trace_fact_loop(
 
     batch = ids.repeat(n_samples, 1)
     corrupt_logits = bridge.run_with_hooks(batch, fwd_hooks=[("hook_embed", add_noise)])[:, -1]
-    r2 = _contrast(corrupt_logits, r, contrast, model)
+    r2 = pick_contrast(corrupt_logits, r, contrast, model)
     prob = torch.full((len(kinds), n_layers, n_tok), float("nan"), device=dev)
     ld = torch.full_like(prob, float("nan"))
     wanted = None if sites is None else set(sites)
@@ -463,7 +463,7 @@ def trace_dataset(
     if not 0 <= i < n:
         raise TraceError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
     kwargs.setdefault("embed_std", embedding_std(model))
-    folder = _open_store(store, {**(settings or {}), **{k: v for k, v in kwargs.items() if k != "embed_std"}})
+    folder = open_store(store, {**(settings or {}), **{k: v for k, v in kwargs.items() if k != "embed_std"}})
     chosen, seen, skipped = select_facts(model, facts, n_facts, known_only, folder, progress)
     if folder is not None:
         write_selection(folder, [f.id for f in chosen], seen, skipped, n_facts, known_only)
@@ -535,7 +535,7 @@ def read_store(store: str | Path) -> tuple[DatasetTrace, list[str], dict]:
     return DatasetTrace(results, sel["seen"], skipped), missing, json.loads((folder / "settings.json").read_text())
 
 
-def _open_store(store: str | Path | None, settings: dict) -> Path | None:
+def open_store(store: str | Path | None, settings: dict) -> Path | None:
     if store is None:
         return None
     folder = Path(store)
