@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
@@ -135,12 +135,12 @@ def hidden_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int) -
     return family.final_norm(h).to(resid.device)
 
 
-def unembed(model: LoadedModel, h: Float[Tensor, "m d"]) -> Float[Tensor, "m vocab"]:
+def unembed(model: LoadedModel, h: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch vocab"]:
     return model.spec.family.unembed(h).to(model.device)  # the head may sit on another device
 
 
 def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
-                where: torch.BoolTensor | None = None, ids: Int[Tensor, "b t"] | None = None) -> Tensor:
+                where: Bool[Tensor, "b t"] | None = None, ids: Int[Tensor, "b t"] | None = None) -> Tensor:
     """Logits of the full model given the output of block `layer`; only at `where` ([m, vocab]) if given.
 
     A family that cannot run its blocks (families/generic.py) runs the whole bridge on `ids` (the tokens
@@ -256,7 +256,7 @@ class Suffixes:
         return out
 
     def logits(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"],
-               where: torch.BoolTensor) -> Float[Tensor, "m vocab"]:
+               where: Bool[Tensor, "r S"]) -> Float[Tensor, "m vocab"]:
         """Logits at the suffix positions `where` ([r, S], row-major) of `rows`, with `add` at each row's start."""
         return unembed(self.model, self.hidden(rows, add)[where])
 
@@ -283,7 +283,7 @@ class HookedSuffixes:
         self.real = j[None, :] < (length - start)[:, None]
 
     def logits(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"],
-               where: torch.BoolTensor) -> Float[Tensor, "m vocab"]:
+               where: Bool[Tensor, "r S"]) -> Float[Tensor, "m vocab"]:
         at = self.start[rows]
 
         def inject(x, hook):  # x: [r, t, d] on the layer's device; out of place, so add keeps its gradient
