@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 
@@ -44,6 +45,8 @@ def pytest_configure(config):
     early = sorted(m for m in sys.modules if m == "intattn_tl" or m.startswith("intattn_tl."))
     if early:
         raise pytest.UsageError(f"--typecheck: intattn_tl was imported before the import hook: {', '.join(early)}")
+    if importlib.util.find_spec("beartype") is None:
+        raise pytest.UsageError("--typecheck needs beartype: pip install -e '.[dev]'")
     # PEP 484's numeric tower: an int is a valid `float` (beartype is stricter by default). Subprocesses the
     # tests start (CLI runs, worker processes) import intattn_tl afresh and run unchecked.
     jaxtyping.install_import_hook("intattn_tl", "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))")
