@@ -40,11 +40,15 @@ run: setup  ## trace a fact, read α, edit LIMIT=20 records with MEMIT and IntAt
 eval: setup  ## evaluate the unedited model on the first LIMIT WikiData_counterfact records
 	$(BIN)/intattn eval --model $(MODEL) --dataset wiki_counterfact --limit $(LIMIT) $(if $(THREADS),--threads $(THREADS),) $(NOWB)
 
-test: setup  ## the whole test suite (tiny models + the real SmolLM2 model)
-	$(BIN)/python -m pytest -q
+# TYPECHECK=0: skip the run-time annotation checks (jaxtyping + beartype, tests/conftest.py; ~8 % slower)
+TYPECHECK ?= 1
+TC      := $(if $(filter 0 no false,$(TYPECHECK)),--no-typecheck,--typecheck)
 
-test-fast: setup  ## unit tests only (no real model)
-	$(BIN)/python -m pytest -q -m "not real_model and not slow"
+test: setup  ## the whole test suite (tiny models + the real SmolLM2 model), annotations checked at run time (TYPECHECK=0: not)
+	$(BIN)/python -m pytest -q $(TC)
+
+test-fast: setup  ## unit tests only (no real model), annotations checked at run time (TYPECHECK=0: not)
+	$(BIN)/python -m pytest -q -m "not real_model and not slow" $(TC)
 
 # the settings of the committed results/tracing runs (docs/results.md); TRACE_FLAGS= for the full float32 grid
 TRACE_FLAGS ?= --kinds attn_window,mlp_window --dtype bfloat16

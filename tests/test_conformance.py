@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from einops import rearrange
 
 from intattn_tl.data.records import EditRecord
 from intattn_tl.edit.transaction import EditState
@@ -70,7 +71,7 @@ def test_spec_views_reproduce_hook_outputs(tiny):
     for key, kind, W, hook in (("attn.hook_z", "w_o", s.w_o[2], "hook_attn_out"),
                                ("mlp.hook_post", "w_out", s.w_out[2], "hook_mlp_out")):
         x = c[f"blocks.2.{key}"]
-        out = x.flatten(-2) @ W.T if key == "attn.hook_z" else x @ W.T
+        out = rearrange(x, "b t heads d_head -> b t (heads d_head)") @ W.T if key == "attn.hook_z" else x @ W.T
         bias = fam.module(kind, 2).bias
         out = out + bias if bias is not None else out
         norm = fam.post_norm(kind, 2)

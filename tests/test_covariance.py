@@ -3,6 +3,7 @@ layers, the disk cache (hits, corruption, mismatch), and corpora too small to us
 
 import pytest
 import torch
+from einops import rearrange
 
 from intattn_tl.edit import covariance
 from intattn_tl.edit.covariance import (
@@ -36,7 +37,8 @@ def _manual(model, corpus, site, n_tokens, text="windows"):
     for row in cut(model.tokenizer, [corpus.read_text()], n_tokens):
         got = {}
         model.bridge.run_with_hooks(torch.tensor([row]), fwd_hooks=[(site, lambda x, hook: got.update(x=x.detach()))])
-        ks.append(got["x"][0].flatten(1) if got["x"].ndim == 4 else got["x"][0])
+        x = got["x"][0]
+        ks.append(rearrange(x, "t heads d_head -> t (heads d_head)") if x.ndim == 3 else x)  # hook_z: W_O's layout
     K = torch.cat(ks).double()
     return K.T @ K / len(K)
 

@@ -12,6 +12,7 @@ from intattn_tl.data.records import EditRecord, Probe
 from intattn_tl.evaluation.metrics import (
     EvalConfig, LocalityReference, answer_argmax, evaluate, fluency, format_table, locality_reference, ngram_entropy, pick_next, sample_texts, summarize, token_accuracy, words,
 )
+from intattn_tl.model.spec import LoadedModel
 from intattn_tl.model.tiny import byte_tokenizer
 from intattn_tl.model.tokens import answer_ids, prompt_ids
 
@@ -68,10 +69,18 @@ class RepeatLM:
         return lambda h: h
 
 
+class FakeModel(LoadedModel):
+    """What evaluation reads of a model (name, tokenizer, hf_model, device), as a LoadedModel so that the run-time
+    type check (--typecheck) takes it; made without __init__, which would want a bridge and a spec."""
+    device = torch.device("cpu")
+
+
 def fake_model():
     tok = byte_tokenizer()
     tok.padding_side = "right"
-    return SimpleNamespace(name="fake", tokenizer=tok, hf_model=RepeatLM(len(tok)), device=torch.device("cpu"))
+    m = object.__new__(FakeModel)
+    m.name, m.tokenizer, m.hf_model = "fake", tok, RepeatLM(len(tok))
+    return m
 
 
 def test_answer_argmax_positions_by_hand():

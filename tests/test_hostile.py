@@ -141,14 +141,14 @@ def test_altered_cell_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- 3. numbers are validated
 
 
-def test_limits_mean_the_same_in_api_and_cli():
+def test_limits_mean_the_same_in_api_and_cli(unchecked):
     from intattn_tl.core.checks import CheckError
 
     everything = load_edits("wiki_counterfact")
     assert load_edits("wiki_counterfact", limit=0) == everything  # 0 = all, as on the CLI
     with pytest.raises(CheckError, match="limit"):
         load_edits("wiki_counterfact", limit=-1)
-    with pytest.raises(CheckError, match="integer"):
+    with unchecked(), pytest.raises(CheckError, match="integer"):
         load_edits("wiki_counterfact", limit=2.5)
 
 
@@ -201,13 +201,13 @@ def test_bad_values_of_other_commands(argv, message, no_model, capsys):
     assert message in _err(capsys)
 
 
-def test_api_hparams_and_sweep_grid_checked_before_work(tiny_llama, no_model):
+def test_api_hparams_and_sweep_grid_checked_before_work(tiny_llama, no_model, unchecked):
     from intattn_tl.methods.memit import MEMITHparams
     from intattn_tl.repro.sweep import run_sweep
 
     records = load_edits("wiki_counterfact", limit=1)
     before = tiny_llama.spec.w_out[1].clone()
-    with pytest.raises(EditError, match=r"layers\[0\] must be an integer"):
+    with unchecked(), pytest.raises(EditError, match=r"layers\[0\] must be an integer"):
         edit(tiny_llama, records, "memit", MEMITHparams(**{**FAST, "layers": [1.7]}))
     assert torch.equal(tiny_llama.spec.w_out[1], before)
     with pytest.raises(EditError, match="alpha of the grid"):

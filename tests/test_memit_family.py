@@ -8,7 +8,7 @@ import torch
 from intattn_tl.data.records import EditRecord
 from intattn_tl.edit.transaction import EditError, EditState
 from intattn_tl.api import edit
-from intattn_tl.config.hparams import HparamsError, load_hparams
+from intattn_tl.config.hparams import HPARAMS_DIR, HparamsError, load_hparams
 from intattn_tl.edit.keys import mlp_keys, resid_post
 from intattn_tl.edit import chain
 from intattn_tl.methods.alphaedit import AlphaEditHparams
@@ -187,7 +187,7 @@ def test_bad_inputs_give_clear_errors(tiny_llama, tmp_path):
     with pytest.raises(EditError, match="null space is empty"):
         edit(tiny_llama, REC, "alphaedit", AlphaEditHparams(layers=[1], nullspace_threshold=1e-30, **FAST))
     with pytest.raises(HparamsError, match="smollm2-135m"):
-        load_hparams("intattn", "tiny-llama", path=load_hparams.__globals__["HPARAMS_DIR"] / "intattn" / "smollm2-135m.yaml")
+        load_hparams("intattn", "tiny-llama", path=HPARAMS_DIR / "intattn" / "smollm2-135m.yaml")
     with pytest.raises(HparamsError, match="unknown"):
         load_hparams("memit", "tiny-llama", {"mom2_update_wieght": 1.0})
     assert _same(tiny_llama, before)

@@ -2,6 +2,7 @@ import dataclasses
 
 import pytest
 import torch
+from einops import rearrange
 
 from intattn_tl.errors import ModelLoadError
 from intattn_tl.model.load import load_model
@@ -36,7 +37,8 @@ def test_hook_z_times_w_o_is_attn_out_and_post_times_w_out_is_mlp_out(tiny_llama
     m = tiny_llama
     ids = torch.tensor([m.tokenizer("The Eiffel Tower is in Paris")["input_ids"]])
     c = _hook_capture(m, ["blocks.1.attn.hook_z", "blocks.1.hook_attn_out", "blocks.1.mlp.hook_post", "blocks.1.hook_mlp_out"], ids)
-    torch.testing.assert_close(c["blocks.1.attn.hook_z"].flatten(-2) @ m.spec.w_o[1].T, c["blocks.1.hook_attn_out"])
+    z = rearrange(c["blocks.1.attn.hook_z"], "b t heads d_head -> b t (heads d_head)")
+    torch.testing.assert_close(z @ m.spec.w_o[1].T, c["blocks.1.hook_attn_out"])
     torch.testing.assert_close(c["blocks.1.mlp.hook_post"] @ m.spec.w_out[1].T, c["blocks.1.hook_mlp_out"])
 
 

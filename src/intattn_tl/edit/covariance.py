@@ -205,7 +205,7 @@ def _accumulate(model: LoadedModel, sites: list[tuple[Kind, int]], seqs: list[li
 
 
 def second_moments(model: LoadedModel, sites: list[tuple[Kind, int]], n_tokens: int = 100_000, corpus=None,
-                   progress: bool = False, text: TextMode = "documents") -> dict[tuple[Kind, int], Float[Tensor, "d_in d_in"]]:
+                   progress: bool = False, text: TextMode = "documents") -> dict[tuple[Kind, int], Float[Tensor, "_d_in _d_in"]]:
     """E[k k^T] (float64, CPU) for each (kind, layer) in `sites`; missing ones computed in one pass, cached.
     Each cache file records the token count it was made from (`count`)."""
     if n_tokens < CHUNK:

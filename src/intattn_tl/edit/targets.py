@@ -37,13 +37,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from intattn_tl.core.paths import cache_dir
 from intattn_tl.core.store import cached, write_torch
 from intattn_tl.data.records import EditRecord
-from intattn_tl.edit.keys import key_site, subject_activations
+from intattn_tl.edit.keys import flat_heads, key_site, subject_activations
 from intattn_tl.edit.prefixes import context_prefixes
 from intattn_tl.edit.transaction import fingerprint as fingerprint_of
 from intattn_tl.errors import IntattnError
@@ -121,12 +121,12 @@ def hidden_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int) -
     return fw.final_norm(h)
 
 
-def unembed(model: LoadedModel, h: Float[Tensor, "m d"]) -> Float[Tensor, "m vocab"]:
+def unembed(model: LoadedModel, h: Float[Tensor, "*batch d"]) -> Float[Tensor, "*batch vocab"]:
     return Forward(model).unembed(h).to(model.device)
 
 
 def logits_from(model: LoadedModel, resid: Float[Tensor, "b t d"], layer: int,
-                where: torch.BoolTensor | None = None, ids: Int[Tensor, "b t"] | None = None) -> Tensor:
+                where: Bool[Tensor, "b t"] | None = None, ids: Int[Tensor, "b t"] | None = None) -> Tensor:
     """Logits of the full model given the output of block `layer`; only at `where` ([m, vocab]) if given.
 
     A family that cannot run its blocks (families/generic.py) runs the whole bridge on `ids` (the tokens
@@ -214,7 +214,7 @@ class Suffixes:
         return out
 
     def logits(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"],
-               where: torch.BoolTensor) -> Float[Tensor, "m vocab"]:
+               where: Bool[Tensor, "r S"]) -> Float[Tensor, "m vocab"]:
         """Logits at the suffix positions `where` ([r, S], row-major) of `rows`, with `add` at each row's start."""
         return unembed(self.model, self.hidden(rows, add)[where])
 
@@ -241,7 +241,7 @@ class HookedSuffixes:
         self.real = j[None, :] < (length - start)[:, None]
 
     def logits(self, rows: Int[Tensor, "r"], add: Float[Tensor, "r d"],
-               where: torch.BoolTensor) -> Float[Tensor, "m vocab"]:
+               where: Bool[Tensor, "r S"]) -> Float[Tensor, "m vocab"]:
         at = self.start[rows]
 
         def inject(x, hook):  # x: [r, t, d] on the layer's device; out of place, so add keeps its gradient
@@ -349,7 +349,7 @@ def module_outputs(model: LoadedModel, ids: Int[Tensor, "b t"], at: Int[Tensor, 
                                     stop_at_layer=min(layer + 1, model.spec.n_layers))
     k = got["k"][torch.arange(len(at), device=ids.device), at]
     W = model.spec.family.weight(kind, layer)
-    return tuple(k.flatten(1).to(w.dtype) @ w.to(k.device).T for w in (W, *weights))
+    return tuple(flat_heads(site, k).to(w.dtype) @ w.to(k.device).T for w in (W, *weights))
 
 
 def _unedited(model: LoadedModel, b, kind: str, weight: Tensor, layer: int,

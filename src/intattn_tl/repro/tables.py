@@ -338,7 +338,7 @@ def load_cells(run: TableRun) -> dict[tuple[str, int], dict]:
     return cells
 
 
-def _marks(values: dict[str, float]) -> dict[str, str]:
+def _marks(values: dict[str, float | None]) -> dict[str, str]:
     """Best value in bold, second-best value marked with a dagger (ties share the mark; pre-edit is not ranked).
     A rank needs something to rank against: one method alone gets no mark, two get no dagger."""
     scored = {m: round(v, 2) for m, v in values.items() if m != "pre-edit" and v is not None and not math.isnan(v)}
