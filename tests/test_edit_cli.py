@@ -1,5 +1,7 @@
 """`intattn edit` end to end on the tiny model: table, sequential batches, --save, and clear errors."""
 
+import json
+
 import pytest
 import torch
 
@@ -55,3 +57,27 @@ def test_hparams_file_for_another_model_is_refused(capsys):
 
     rc = main(["edit", *FAST, "--no-eval", "--method", "memit", "--hparams", str(HPARAMS_DIR / "memit" / "smollm2-135m.yaml")])
     assert rc == 2 and "smollm2-135m" in capsys.readouterr().err
+
+
+def test_trace_with_a_saved_edit_applied_traces_the_edited_model_and_leaves_it_unedited(tmp_path, capsys):
+    saved = tmp_path / "edit.pt"
+    fact = ["The capital of Zorbania is", "Zorbania"]
+    assert main(["edit", "--method", "memit", "--fact", *fact, "Quix", "--no-eval", "--quiet", "--model", "tiny-llama",
+                 "--set", "layers=[1, 2]", "--set", "mom2_n_samples=256", "--set", "v_num_grad_steps=10",
+                 "--set", "use_prefixes=false", "--save", str(saved)]) == 0
+    model = load_model("tiny-llama")
+    before = {k: v.clone() for k, v in ((("w_out", 1), model.spec.w_out[1]), (("w_out", 2), model.spec.w_out[2]))}
+    common = ["trace", "--model", "tiny-llama", "--fact", *fact, "Quix", "--samples", "2", "--window", "2",
+              "--kinds", "attn_window,mlp_window", "--min-ld-gap=-inf", "--no-wandb"]
+    p_clean = {}
+    for name, extra in (("unedited", []), ("edited", ["--apply", str(saved)])):
+        main([*common, "--out", str(tmp_path / name), *extra])
+        p_clean[name] = json.loads((tmp_path / name / "facts.json").read_text())["facts"][0]["p_clean"]
+    assert "tracing with the edit" in capsys.readouterr().out
+    assert p_clean["edited"] > p_clean["unedited"] + 1e-3  # the edit raised P(Quix): the edited model was traced
+    for (kind, layer), w in before.items():  # and was rolled back after
+        assert torch.equal(getattr(model.spec, kind)[layer], w)
+    # a folder traced without the edit is not resumed with it: the settings differ
+    assert main([*common, "--out", str(tmp_path / "unedited"), "--apply", str(saved)]) == 2
+    assert main([*common, "--out", str(tmp_path / "x"), "--apply", str(tmp_path / "missing.pt")]) == 2
+    assert main([*common, "--out", str(tmp_path / "x"), "--apply", str(saved), "--install-defaults"]) == 2

@@ -54,6 +54,8 @@ def add_arguments(p) -> None:
     p.add_argument("--mlp-width", type=integer(lo=1), default=5, help="number of consecutive critical MLP layers")
     p.add_argument("--attn-layers", type=int_list(lo=0), help="override: comma-separated attention layers")
     p.add_argument("--mlp-layers", type=int_list(lo=0), help="override: comma-separated MLP layers")
+    p.add_argument("--apply", metavar="EDIT.pt", help="trace the model with this saved edit applied (`intattn edit "
+                   "--save`): where an edited fact lives; pass --fact PROMPT SUBJECT NEW_ANSWER to trace the new one")
     p.add_argument("--result-file", type=out_file, help="also write the alpha/layers JSON here")
     p.add_argument("--install-defaults", action="store_true",
                    help="also write it to the package's model_results/<model>.json, the default alpha/layers of every "
@@ -81,7 +83,9 @@ def shard(text: str) -> tuple[int, int]:
 def run(args) -> int:
     from intattn_tl.api import trace_facts
     from intattn_tl.cli.common import placement
-    from intattn_tl.data.records import DataError, load_known_facts
+    from intattn_tl.data.records import DataError, load_known_facts, sha256_file
+    from intattn_tl.edit.result import apply_saved
+    from intattn_tl.edit.transaction import EditError
     from intattn_tl.data.requests import checked_trace_facts, read_trace_facts
     from intattn_tl.locate.tracing import KINDS, TraceError, read_store, trace_dataset
     from intattn_tl.model.load import load_model
@@ -102,6 +106,11 @@ def run(args) -> int:
         args.model, args.dtype, args.kinds = stored["model"], stored["dtype"], stored["kinds"]
         args.samples, args.noise_scale, args.window, args.seed = (stored[k] for k in ("n_samples", "noise_scale",
                                                                                        "window", "seed"))
+    if args.apply and (args.collect or args.install_defaults):
+        raise EditError("--apply traces an edited model: it neither --collect's shards nor --install-defaults "
+                        "(the package defaults come from the unedited model)")
+    if args.apply and not Path(args.apply).is_file():
+        raise EditError(f"edit file {args.apply} not found")
     if args.install_defaults and args.facts < INSTALL_MIN_FACTS:
         print(f"intattn trace: error: --install-defaults needs --facts >= {INSTALL_MIN_FACTS} (a smoke run never "
               f"changes the package defaults); got --facts {args.facts}", file=sys.stderr)
@@ -126,36 +135,44 @@ def run(args) -> int:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         model = load_model(args.model, dtype=args.dtype, **placement(args))
-        facts = trace_facts(model, own) if own else load_known_facts()
-        if own:
-            args.facts = len(facts)
-            for f in facts:
-                print(f"fact {f.id}: {f.prompt!r} -> {f.attribute!r} (subject {f.subject!r})")
-        settings = {"model": args.model, "dtype": args.dtype,
-                    **({"own_facts": [[f.prompt, f.subject, f.attribute] for f in facts]} if own else {})}
-        trace = head_trace = None
-        try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
-            if kinds:
-                trace = trace_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
-                                      noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
-                                      store=out / "facts", settings=settings, shard=args.shard)
-                print(f"traced {len(trace.results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in "
-                      f"{time.time() - t0:.0f}s")
-            if heads:  # the same facts: chosen by the same rule from the same list
-                from intattn_tl.locate.heads import trace_heads_dataset
+        tx = apply_saved(model, args.apply) if args.apply else None  # all or nothing; rolled back below
+        if tx:
+            print(f"tracing with the edit {args.apply} applied")
+        try:
+            facts = trace_facts(model, own) if own else load_known_facts()
+            if own:
+                args.facts = len(facts)
+                for f in facts:
+                    print(f"fact {f.id}: {f.prompt!r} -> {f.attribute!r} (subject {f.subject!r})")
+            settings = {"model": args.model, "dtype": args.dtype,
+                        **({"applied_edit": sha256_file(Path(args.apply))} if args.apply else {}),
+                        **({"own_facts": [[f.prompt, f.subject, f.attribute] for f in facts]} if own else {})}
+            trace = head_trace = None
+            try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
+                if kinds:
+                    trace = trace_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
+                                          noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
+                                          store=out / "facts", settings=settings, shard=args.shard)
+                    print(f"traced {len(trace.results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in "
+                          f"{time.time() - t0:.0f}s")
+                if heads:  # the same facts: chosen by the same rule from the same list
+                    from intattn_tl.locate.heads import trace_heads_dataset
 
-                t1 = time.time()
-                head_trace = trace_heads_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
-                                                 noise_scale=args.noise_scale, seed=args.seed, store=out / "heads",
-                                                 settings=settings)
-                print(f"traced the heads of {len(head_trace.results)} facts in {time.time() - t1:.0f}s")
-        except TraceError as err:
-            print(f"intattn trace: {err}", file=sys.stderr)
-            return 2
-        if args.shard[1] > 1:
-            print(f"shard {args.shard[0]}/{args.shard[1]} done -> {out / 'facts'}; when every shard is: "
-                  f"intattn trace --collect --out {out}")
-            return 0
+                    t1 = time.time()
+                    head_trace = trace_heads_dataset(model, facts, args.facts, known_only=not own,
+                                                     n_samples=args.samples, noise_scale=args.noise_scale,
+                                                     seed=args.seed, store=out / "heads", settings=settings)
+                    print(f"traced the heads of {len(head_trace.results)} facts in {time.time() - t1:.0f}s")
+            except TraceError as err:
+                print(f"intattn trace: {err}", file=sys.stderr)
+                return 2
+            if args.shard[1] > 1:
+                print(f"shard {args.shard[0]}/{args.shard[1]} done -> {out / 'facts'}; when every shard is: "
+                      f"intattn trace --collect --out {out}")
+                return 0
+        finally:
+            if tx:
+                tx.rollback()
     rc = write_outputs(args, out, kinds, trace, command) if kinds else 0
     if heads:
         rc = write_head_outputs(args, out, head_trace, trace if kinds else None) or rc
@@ -236,6 +253,7 @@ def write_outputs(args, out: Path, kinds, trace, command: str | None) -> int:
         "curve": f"window {args.window}" if use_window else "single layer",
         "n_samples": args.samples, "dtype": args.dtype, "noise_scale": args.noise_scale, "seed": args.seed,
         "overridden": bool(args.attn_layers or args.mlp_layers),
+        **({"applied_edit": {"file": str(args.apply), "sha256": sha256_file(Path(args.apply))}} if args.apply else {}),
         "ld_last_subject": {k: [round(x, 4) for x in v] for k, v in summary["curves"].items() if k != "kinds"},
         "command": command or f"intattn trace --model {args.model} --facts {args.facts} --out {args.out}",
     }
