@@ -473,7 +473,7 @@ def _mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.nanmean(x, 0), se
 
 
-def aggregate_heads(results: list[HeadTrace], min_ld_gap: float = 1.0) -> dict[str, np.ndarray]:
+def aggregate_heads(results: list[HeadTrace], min_ld_gap: float = 1.0) -> dict[str, np.ndarray | int]:
     """Mean and standard error over facts: normalized LD (facts whose corruption lowers LD by >= min_ld_gap,
     as balance.aggregate) and probability effect (every fact), per [position, layer, head] and, for all heads
     together, per [position, layer]."""
