@@ -19,9 +19,7 @@ import numpy as np
 
 from intattn_tl.config.hparams import RESULTS_DIR
 from intattn_tl.locate.heads import HeadTrace, summarize_heads
-from intattn_tl.locate.tracing import TraceResult
-
-MIN_LD_GAP = 1.0
+from intattn_tl.locate.tracing import MIN_LD_GAP, TraceResult, ld_facts
 
 
 def window_effects(folder: Path) -> dict[tuple[str, str], np.ndarray]:
@@ -51,7 +49,7 @@ def main() -> None:
     traced = json.loads((RESULTS_DIR / f"{model}.json").read_text())
     heads = [HeadTrace.load(p) for p in sorted((args.run / "heads").glob("*.npz"))]
     windows = window_effects(args.windows or args.run)
-    both = [h for h in heads if (h.prompt, h.subject) in windows and h.ld_clean - h.ld_corrupt >= MIN_LD_GAP]
+    both = ld_facts([h for h in heads if (h.prompt, h.subject) in windows], MIN_LD_GAP)
     if not both:
         raise SystemExit("no fact has both a head trace and a window trace (with an LD drop >= 1)")
     curve = np.nanmean([windows[(h.prompt, h.subject)] for h in both], 0)

@@ -20,7 +20,7 @@ import warnings
 import numpy as np
 from jaxtyping import Float
 
-from intattn_tl.locate.tracing import TraceError, TraceResult
+from intattn_tl.locate.tracing import MIN_LD_GAP, TraceError, TraceResult, ld_facts
 
 CLASSES = ("first subject", "middle subject", "last subject", "first subsequent", "further", "last")
 
@@ -45,14 +45,6 @@ def class_values(result: TraceResult, metric: str = "ld") -> list[Float[np.ndarr
     return [grid[:, :, idx] for idx in token_classes(result.subject_span, len(result.tokens)).values()]
 
 
-MIN_LD_GAP = 1.0
-
-
-def ld_facts(results: list[TraceResult], min_ld_gap: float = MIN_LD_GAP) -> list[TraceResult]:
-    """The facts whose corruption lowers LD by at least `min_ld_gap` logits (their normalized LD is stable)."""
-    return [r for r in results if r.ld_clean - r.ld_corrupt >= min_ld_gap]
-
-
 def aggregate(results: list[TraceResult], metric: str = "ld", min_ld_gap: float = MIN_LD_GAP) -> dict[str, np.ndarray]:
     """Mean, standard error and count per [kind, layer, class] over facts (NaN effects are left out).
 
@@ -62,10 +54,7 @@ def aggregate(results: list[TraceResult], metric: str = "ld", min_ld_gap: float 
     if not results:
         raise TraceError("no traced facts to aggregate")
     if metric == "ld":
-        kept = ld_facts(results, min_ld_gap)
-        if not kept:
-            raise TraceError(f"no fact lowers LD by >= {min_ld_gap} logits under corruption; lower min_ld_gap")
-        results = kept
+        results = ld_facts(results, min_ld_gap)
     kinds = results[0].kinds
     if any(r.kinds != kinds for r in results):
         raise TraceError("all results must trace the same kinds")

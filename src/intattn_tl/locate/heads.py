@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 
 from intattn_tl.core.store import _atomic
 from intattn_tl.locate.tracing import (
+    MIN_LD_GAP,
     Stack,
     TraceError,
     embedding_std,
+    ld_facts,
     open_store,
     pick_contrast,
     prepare_fact,
@@ -459,13 +461,6 @@ def trace_heads_dataset(
 # ----------------------------------------------------------------------------- summaries
 
 
-def _ld_kept(results: list[HeadTrace], min_ld_gap: float) -> list[HeadTrace]:
-    kept = [r for r in results if r.ld_clean - r.ld_corrupt >= min_ld_gap]
-    if not kept:
-        raise TraceError(f"no fact lowers LD by >= {min_ld_gap} logits under corruption; lower min_ld_gap")
-    return kept
-
-
 def _mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -473,13 +468,13 @@ def _mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.nanmean(x, 0), se
 
 
-def aggregate_heads(results: list[HeadTrace], min_ld_gap: float = 1.0) -> dict[str, np.ndarray | int]:
+def aggregate_heads(results: list[HeadTrace], min_ld_gap: float = MIN_LD_GAP) -> dict[str, np.ndarray | int]:
     """Mean and standard error over facts: normalized LD (facts whose corruption lowers LD by >= min_ld_gap,
     as balance.aggregate) and probability effect (every fact), per [position, layer, head] and, for all heads
     together, per [position, layer]."""
     if not results:
         raise TraceError("no traced facts to aggregate")
-    kept = _ld_kept(results, min_ld_gap)
+    kept = ld_facts(results, min_ld_gap)
     out: dict = {"n_facts_ld": len(kept), "n_facts": len(results)}
     for name, values in (("ld", [r.ld_effect for r in kept]), ("attn_ld", [r.attn_ld_effect for r in kept]),
                          ("prob", [r.prob_effect for r in results]),
@@ -503,7 +498,7 @@ def top_heads(grid: Float[np.ndarray, "layer head"], k: int = 10) -> list[dict]:
             for i in order]
 
 
-def summarize_heads(results: list[HeadTrace], *, min_ld_gap: float = 1.0, attn_window_curve=None,
+def summarize_heads(results: list[HeadTrace], *, min_ld_gap: float = MIN_LD_GAP, attn_window_curve=None,
                     attn_layers=None, window: int = 10) -> dict:
     """Concentration of the head effect at the last subject token and the heads' share of the attention effect.
 
@@ -516,7 +511,7 @@ def summarize_heads(results: list[HeadTrace], *, min_ld_gap: float = 1.0, attn_w
       window), the single-layer attention restorations' sum over the same windows, and the top-k heads' part.
     """
     agg = aggregate_heads(results, min_ld_gap)
-    kept = _ld_kept(results, min_ld_gap)
+    kept = ld_facts(results, min_ld_gap)
     ls = POSITIONS.index("last subject")
     per_fact = [concentration(r.ld_effect[ls]) for r in kept]
     out: dict = {"n_facts": agg["n_facts"], "n_facts_ld": agg["n_facts_ld"], "positions": list(POSITIONS)}

@@ -27,6 +27,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, Sequence, TypeVar, runtime_checkable
 
 import numpy as np
 import torch
@@ -100,6 +101,27 @@ class TraceResult:
             meta = json.loads(str(z["meta"]))
             meta.update(subject_span=tuple(meta["subject_span"]), kinds=tuple(meta["kinds"]))
             return cls(**meta, prob=z["prob"], logit_diff=z["logit_diff"])
+
+
+MIN_LD_GAP = 1.0  # logits: below this the normalized LD of a fact is a ratio of noise
+
+
+@runtime_checkable
+class HasLD(Protocol):
+    ld_clean: float
+    ld_corrupt: float
+
+
+R = TypeVar("R", bound=HasLD)
+
+
+def ld_facts(results: Sequence[R], min_ld_gap: float = MIN_LD_GAP) -> list[R]:
+    """The facts (module or head traces) whose corruption lowers LD by at least `min_ld_gap` logits (their
+    normalized LD is stable); none such is an error, since every LD average would be empty."""
+    kept = [r for r in results if r.ld_clean - r.ld_corrupt >= min_ld_gap]
+    if results and not kept:
+        raise TraceError(f"no fact lowers LD by >= {min_ld_gap} logits under corruption; lower min_ld_gap")
+    return kept
 
 
 # ----------------------------------------------------------------------------- inputs
