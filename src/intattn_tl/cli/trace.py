@@ -131,6 +131,8 @@ def run(args) -> int:
     if own and (args.collect or args.install_defaults):
         raise DataError("--fact / --facts-file trace your facts now: they neither --collect shards nor "
                         "--install-defaults (the package defaults come from known_1000)")
+    # hashed once, before the edit is read to be applied: the settings and the record name the same bytes
+    args.applied_sha256 = sha256_file(Path(args.apply)) if args.apply else None
     if not args.collect:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
@@ -145,7 +147,7 @@ def run(args) -> int:
                 for f in facts:
                     print(f"fact {f.id}: {f.prompt!r} -> {f.attribute!r} (subject {f.subject!r})")
             settings = {"model": args.model, "dtype": args.dtype,
-                        **({"applied_edit": sha256_file(Path(args.apply))} if args.apply else {}),
+                        **({"applied_edit": args.applied_sha256} if args.apply else {}),
                         **({"own_facts": [[f.prompt, f.subject, f.attribute] for f in facts]} if own else {})}
             trace = head_trace = None
             try:  # per-fact results land in out/facts as they are done; a rerun with the same settings resumes there
@@ -253,7 +255,7 @@ def write_outputs(args, out: Path, kinds, trace, command: str | None) -> int:
         "curve": f"window {args.window}" if use_window else "single layer",
         "n_samples": args.samples, "dtype": args.dtype, "noise_scale": args.noise_scale, "seed": args.seed,
         "overridden": bool(args.attn_layers or args.mlp_layers),
-        **({"applied_edit": {"file": str(args.apply), "sha256": sha256_file(Path(args.apply))}} if args.apply else {}),
+        **({"applied_edit": {"file": str(args.apply), "sha256": args.applied_sha256}} if args.apply else {}),
         "ld_last_subject": {k: [round(x, 4) for x in v] for k, v in summary["curves"].items() if k != "kinds"},
         "command": command or f"intattn trace --model {args.model} --facts {args.facts} --out {args.out}",
     }
