@@ -9,6 +9,7 @@ from intattn_tl.edit import covariance
 from intattn_tl.edit.covariance import (
     CHUNK, CovarianceError, document_tokens, documents, second_moment, second_moments, token_chunks,
 )
+from intattn_tl.model.spec import weights_fingerprint
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40 + "Pack my box with five dozen liquor jugs. " * 40)
 # lines of different lengths (padding inside a batch), a heading and blank lines (left out)
@@ -121,6 +122,19 @@ def test_cache_key_covers_corpus_and_count(tiny_llama, doc_corpus, tmp_path):
     b = second_moment(tiny_llama, "w_out", 0, n_tokens=CHUNK, corpus=other)
     c = second_moment(tiny_llama, "w_out", 0, n_tokens=2 * CHUNK, corpus=doc_corpus)
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
+
+
+def test_cache_key_covers_the_config(tiny_llama, cache, monkeypatch):
+    """The same weights under another config (here the norm eps) compute other keys: not served the old file."""
+    second_moment(tiny_llama, "w_out", 0, n_tokens=CHUNK, corpus=cache)
+    fp = weights_fingerprint(tiny_llama)
+    monkeypatch.setattr(tiny_llama.hf_model.config, "transformers_version", "0.0.0")  # names, does not compute
+    monkeypatch.setattr(tiny_llama.hf_model.config, "_name_or_path", "/elsewhere")
+    assert weights_fingerprint(tiny_llama) == fp
+    monkeypatch.setattr(tiny_llama.hf_model.config, "rms_norm_eps", tiny_llama.hf_model.config.rms_norm_eps * 10)
+    assert weights_fingerprint(tiny_llama) != fp
+    second_moment(tiny_llama, "w_out", 0, n_tokens=CHUNK, corpus=cache)
+    assert len(list((cache.parent / "cache" / "second_moments").rglob("*w_out-0.v*.pt"))) == 2
 
 
 def test_datasets_corpus(tiny_gemma, cache):

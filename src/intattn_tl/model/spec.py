@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -66,10 +67,18 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     return dtype
 
 
+# config fields that name or date a checkpoint, or switch outputs on, without changing what it computes
+CONFIG_NOISE = ("_name_or_path", "transformers_version", "_commit_hash", "output_attentions",
+                "output_hidden_states", "return_dict", "use_cache")
+
+
 def weights_fingerprint(model: LoadedModel) -> str:
-    """sha256 over every parameter's bytes: keys caches to the exact weights they were computed from."""
+    """sha256 over the config and every parameter's bytes: keys caches to the exact model they were computed
+    from (the same weights under another rope base, norm eps or attention window compute other keys)."""
 
     h = hashlib.sha256(model.name.encode())
+    config = {k: v for k, v in model.hf_model.config.to_dict().items() if k not in CONFIG_NOISE}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for pname, p in named_stored(model.hf_model):  # offloaded weights too (their parameters are meta placeholders)
         h.update(pname.encode())
         h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
