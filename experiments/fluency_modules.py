@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--T", type=int, default=100)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--per-layer", action="store_true", help="also one layer's delta at a time")
-    ap.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated variant names to run, in this order (default: all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--against", type=Path, nargs="*", default=[], help="other per-record CSVs to list")
     args = ap.parse_args()
@@ -146,7 +146,7 @@ def main() -> None:
         deltas = compute_edit(model, records, args.out / "edit.pt")
         todo = variants(deltas, args.per_layer)
         if args.only:
-            todo = {k: v for k, v in todo.items() if k in args.only.split(",")}
+            todo = {k: todo[k] for k in args.only.split(",") if k in todo}  # in the order given
         ref = None
         for name, keys in todo.items():
             path = args.out / "variants" / f"{name}.json"
