@@ -6,7 +6,7 @@ its own exact transaction, rolled back after:
 
 - full: every delta (the Table 2 cell; its rows should equal the committed ones, same seed);
 - attn: the W_O deltas only (α Δ_attn), mlp: the W_out deltas only ((1 − α) Δ_mlp);
-- attn.L / mlp.L: one layer's delta only (with --per-layer).
+- mlp+attn.L: the W_out deltas and one attention layer's W_O delta (with --per-layer).
 
 Each variant is one verified JSON + per-record CSV under OUT/variants (a resumed run skips finished ones). The
 report prints every variant's metrics, the count of generations that repeat the new object (≥ 3 times), and the
@@ -66,8 +66,8 @@ def variants(deltas: dict, per_layer: bool) -> dict[str, list[str]]:
     keys = sorted(deltas)
     out = {"full": keys, "attn": [k for k in keys if k.startswith("w_o.")],
            "mlp": [k for k in keys if k.startswith("w_out.")]}
-    if per_layer:
-        out |= {k.replace("w_out.", "mlp.").replace("w_o.", "attn."): [k] for k in keys}
+    if per_layer:  # the MLP deltas with one attention layer's: which W_O update interacts with them
+        out |= {"mlp+attn." + k.removeprefix("w_o."): out["mlp"] + [k] for k in out["attn"]}
     return out
 
 
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="wiki_counterfact")
     ap.add_argument("--T", type=int, default=100)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--per-layer", action="store_true", help="also one layer's delta at a time")
+    ap.add_argument("--per-layer", action="store_true", help="also the MLP deltas with one attention layer's")
     ap.add_argument("--only", default="", help="comma-separated variant names to run, in this order (default: all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--against", type=Path, nargs="*", default=[], help="other per-record CSVs to list")
