@@ -26,13 +26,19 @@ import math
 from pathlib import Path
 
 import torch
+from compare_tables import paired  # experiments/: B − A ± se over paired records
 
 from intattn_tl.api import edit
 from intattn_tl.config.hparams import load_hparams
 from intattn_tl.core.settings import edit_settings
 from intattn_tl.data.records import load_edits
 from intattn_tl.edit.transaction import EditError, WeightTransaction, fingerprint
-from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
+from intattn_tl.evaluation.metrics import (
+    EvalConfig,
+    evaluate,
+    locality_reference,
+    summarize,
+)
 from intattn_tl.model.load import load_model
 from intattn_tl.repro.results import read_verified, write_result
 from intattn_tl.repro.tables import read_rows
@@ -95,16 +101,6 @@ def repeats(rows: list[dict], records) -> int:
     return sum(1 for r in rows if new.get(r["id"]) and str(r.get("text", "")).count(new[r["id"]]) >= 3)
 
 
-def paired(a: list[dict], b: list[dict], key: str) -> tuple[float, float]:
-    """Mean ± standard error of b − a over the records both score (×100, as the tables show them)."""
-    av = {r["id"]: r.get(key) for r in a}
-    d = [100 * (float(r[key]) - float(av[r["id"]])) for r in b if _num(r.get(key)) and _num(av.get(r["id"]))]
-    if len(d) < 2:
-        return float("nan"), float("nan")
-    m = sum(d) / len(d)
-    return m, math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
-
-
 def _num(x) -> bool:
     try:
         return not math.isnan(float(x))
@@ -122,7 +118,7 @@ def report(folder: Path, records, against: list[Path]) -> None:
     for name, rows in done.items():
         s = summarize(rows)
         low = sum(1 for r in rows if _num(r.get("fluency")) and 100 * float(r["fluency"]) < 400)
-        diffs = [paired(base, rows, m) if base else (float("nan"),) * 2 for m in METRICS]
+        diffs = [paired(base, rows, m)[:2] if base else (float("nan"),) * 2 for m in METRICS]
         print(f"| {name} | " + " | ".join(f"{s.get(m, float('nan')):.2f}" for m in METRICS)
               + f" | {repeats(rows, records)} | {low} | " + " | ".join(f"{d:+.2f} ± {e:.2f}" for d, e in diffs) + " |")
 
