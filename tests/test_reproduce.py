@@ -163,6 +163,62 @@ def test_sequential_methods_share_one_sequence_and_resume(tmp_path):
     assert same(again) == same(first)
 
 
+def test_a_stopped_sequence_goes_on_from_its_last_save_bit_for_bit(tiny_llama, tmp_path, monkeypatch, capsys):
+    # a sequence stopped after 4 of 5 edits (saves every 2 edits) goes on from edit 4 and ends exactly where
+    # the uninterrupted one ends: the same rows, per-edit stats and edited weights; the model is unedited between
+    import torch
+
+    from intattn_tl.data.records import load_edits
+    from intattn_tl.evaluation.metrics import locality_reference
+    from intattn_tl.repro import tables
+
+    records = load_edits("wiki_counterfact", limit=5)
+    weights = lambda: {k: v.clone() for k, v in tiny_llama.hf_model.state_dict().items()}  # noqa: E731
+    before = weights()
+    for method in ("rome", "ft"):
+        run = TableRun(model="tiny-llama", out=tmp_path / method, eval_cfg=EvalConfig(fluency=False, progress=False))
+        ref = locality_reference(tiny_llama, records, run.eval_cfg)
+        saved = run.dir / "sequences" / f"{method}.pt"
+
+        def sequence(checkpoints):
+            got = {}
+            tables.run_sequence(tiny_llama, method, records, checkpoints, run, ref,
+                                lambda T, s, r: got.__setitem__(T, (s, r, weights())), every=2)
+            return got
+
+        whole = sequence([2, 5])
+        assert not saved.exists()  # a finished sequence leaves no progress behind
+        calls, edit = [], tables.edit
+
+        def stop_at_third(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return edit(*args, **kwargs)
+        monkeypatch.setattr(tables, "edit", stop_at_third)
+        with pytest.raises(KeyboardInterrupt):
+            sequence([2, 5])
+        monkeypatch.setattr(tables, "edit", edit)
+        assert all(torch.equal(v, before[k]) for k, v in tiny_llama.hf_model.state_dict().items())
+        assert saved.exists()
+        rest = sequence([5])  # the T = 2 cell was written; T = 5 is what is missing
+        assert rest[5][0]["resumed_at"] == [4] and not saved.exists()
+        for a, b in ((whole[5], rest[5]),):
+            assert json.dumps(a[1], sort_keys=True) == json.dumps(b[1], sort_keys=True)  # every per-record row
+            assert a[0]["per_edit"] == b[0]["per_edit"] and len(b[0]["per_edit"]) == 5
+            assert all(torch.equal(a[2][k], b[2][k]) for k in a[2])  # the edited model, bit for bit
+        assert all(torch.equal(v, before[k]) for k, v in tiny_llama.hf_model.state_dict().items())
+
+    # progress that cannot be verified is not used: the sequence starts again from its first edit
+    run = TableRun(model="tiny-llama", out=tmp_path / "ft", eval_cfg=EvalConfig(fluency=False, progress=False))
+    saved = run.dir / "sequences" / "ft.pt"
+    saved.write_bytes(b"not a checkpoint")
+    got = {}
+    tables.run_sequence(tiny_llama, "ft", records[:3], [3], run, locality_reference(tiny_llama, records[:3], run.eval_cfg),
+                        lambda T, s, r: got.__setitem__(T, s), every=2)
+    assert "resumed_at" not in got[3] and "starting the sequence from its first edit" in capsys.readouterr().err
+
+
 def test_reproduce_dtype_is_recorded_and_not_mixed(tmp_path, capsys):
     # --dtype bfloat16 runs the cells on a bf16 model and says so in every cell's settings; float32 cells keep
     # the settings they always had (no dtype key), so a folder of one dtype refuses to resume with the other

@@ -187,6 +187,28 @@ def test_bfloat16_edits_round_once_not_once_per_edit():
     tx.rollback()
 
 
+def test_assign_sets_a_weight_bit_for_bit_and_carries_the_float32_value():
+    # a resumed sequence puts its saved weights back with `assign`: the value exactly (w + (v - w) can be off
+    # by an ulp), rolled back exactly, and on bf16 the float32 value the next updates add to
+    from intattn_tl.model.load import load_model
+
+    model = load_model("tiny-llama", dtype=torch.bfloat16)
+    w = model.spec.w_out[1]
+    original = w.detach().clone()
+    exact = original.float() * 1.01 + 1e-4
+    tx = WeightTransaction(model, exact={})
+    tx.assign("w_out", 1, exact.to(torch.bfloat16), exact)
+    assert torch.equal(w, exact.to(torch.bfloat16))
+    step = 1e-3 * original.float()
+    tx.update("w_out", 1, step)
+    assert torch.equal(w, (exact + step).to(torch.bfloat16))  # added to the carried float32 value, not to w
+    with pytest.raises(EditError, match="cannot replace"):
+        tx.assign("w_out", 1, exact)  # float32 onto a bf16 weight: refused, nothing changed
+    assert torch.equal(w, (exact + step).to(torch.bfloat16))
+    tx.rollback()
+    assert torch.equal(w, original)
+
+
 def test_ft_on_bfloat16_optimises_a_float32_change():
     # FT's dW lives in float32 (Adam's small steps on bfloat16 values would round away); the edit is then
     # written into the bfloat16 weight rounded once, and rolls back exactly

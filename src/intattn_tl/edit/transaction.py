@@ -100,6 +100,25 @@ class WeightTransaction:
         if lowp:
             self.exact[key] = (value, self.after[key])
 
+    def assign(self, kind: Kind, layer: int, value: Float[Tensor, "d_out d_in"],
+               exact: Float[Tensor, "d_out d_in"] | None = None) -> None:
+        """Set a weight to `value` bit for bit (a resumed sequence's saved state; `w += value - w` would round).
+        `exact`: the float32 value a low-precision weight carries (see the class docstring)."""
+        w = _weight(self.model, kind, layer)
+        if value.shape != w.shape or value.dtype != w.dtype:
+            raise EditError(f"{kind}[{layer}]: a value of {value.dtype} {tuple(value.shape)} cannot replace the "
+                            f"weight ({w.dtype} {tuple(w.shape)})")
+        key = (kind, layer)
+        if key not in self.originals:
+            self.originals[key] = w.detach().clone()
+        with torch.no_grad():
+            w.copy_(value.to(w.device))
+        self.deltas[key] = (w.detach().float() - self.originals[key].float()) if low_precision(w) else \
+            w.detach() - self.originals[key]
+        self.after[key] = fingerprint(w)
+        if exact is not None:
+            self.exact[key] = (exact.float().to(w.device), self.after[key])
+
     def restore(self) -> None:
         """Put every original back, unconditionally (the failure path of an edit in progress)."""
         with torch.no_grad():

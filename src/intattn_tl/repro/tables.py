@@ -11,7 +11,8 @@ One-edit-at-a-time methods run all their missing sizes as ONE sequence (`run_seq
 the first T edits of a 500-edit sequence is the state after a 100-edit run, so the T = 100 / 300 cells are
 evaluated at those checkpoints instead of re-editing from scratch (900 edits become 500). Each such cell
 lists the checkpoints of its sequence under `sequence`. Only missing cells are checkpoints: with just
-T = 500 missing, the sequence is the plain 500-edit run.
+T = 500 missing, the sequence is the plain 500-edit run. A sequence saves its progress as it goes
+(`repro.sequence`), so a stopped one goes on from its last save instead of from its first edit.
 
 Across machines, a W&B sweep agent runs one cell (`run_one_cell`, via experiments/sweep_agent.py) into a
 folder it shares with the other agents, and `collect` assembles the table from the cells present.
@@ -23,6 +24,7 @@ import csv
 import io
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -37,12 +39,13 @@ from intattn_tl.core.checks import CheckError, check_int, writable_dir
 from intattn_tl.core.settings import code_version, edit_settings
 from intattn_tl.core.store import _atomic, read_rows, write_json, write_text
 from intattn_tl.data.records import load_edits
+from intattn_tl.edit.result import EditResult
 from intattn_tl.edit.transaction import EditState
 from intattn_tl.errors import ReproduceError
 from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
 from intattn_tl.methods import get_method
 from intattn_tl.model.load import load_model
-from intattn_tl.model.spec import LoadedModel
+from intattn_tl.model.spec import LoadedModel, weights_fingerprint
 from intattn_tl.repro import tracking
 from intattn_tl.repro.parallel import run_parallel
 from intattn_tl.repro.plots import plot_table
@@ -54,6 +57,7 @@ from intattn_tl.repro.results import (
     scoring,
     write_result,
 )
+from intattn_tl.repro.sequence import SAVE_EVERY, SequenceStore, restore, snapshot
 
 METHODS = ("ft", "rome", "r-rome", "memit", "alphaedit", "intattn")
 DISPLAY = {"pre-edit": "Pre-edit", "ft": "FT", "rome": "ROME", "r-rome": "R-ROME", "memit": "MEMIT",
@@ -167,25 +171,52 @@ def run_cell(model: LoadedModel, method: str, records, run: TableRun, ref) -> tu
 
 
 def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int], run: TableRun, ref,
-                 on_cell: Callable[[int, dict, list[dict]], None]) -> None:
+                 on_cell: Callable[[int, dict, list[dict]], None], every: int = SAVE_EVERY) -> None:
     """One edit after another over records[:max(checkpoints)] (one EditState: prefixes and statistics of
     the unedited model, as a single run has), evaluating records[:T] after the T-th edit for every
-    checkpoint T and handing (T, summary, rows) to `on_cell` at once. Rolls every edit back at the end."""
+    checkpoint T and handing (T, summary, rows) to `on_cell` at once. Rolls every edit back at the end.
+
+    The sequence's progress is saved every `every` edits and before each checkpoint's evaluation
+    (`repro.sequence`); a sequence that stopped goes on from its last save."""
     checkpoints = sorted(set(checkpoints))
     hp = load_hparams(method, model.name, run.hparam_overrides.get(method))
-    state, done, t_edit, results = EditState(), 0, 0.0, []
+    ids = [r.id for r in records[:checkpoints[-1]]]
+    store = SequenceStore(run.dir / "sequences" / f"{method}.pt", sequence_key(run, method, model))
+    state, results, done, t_edit, per_edit, resumed_at = EditState(), [], 0, 0.0, [], []
+    saved = store.load(ids)
+    if saved is not None and saved.done > checkpoints[0]:  # a missing cell lies behind it: not reachable
+        print(f"[intattn] {method}: the saved sequence is {saved.done} edits in, past the missing T = "
+              f"{checkpoints[0]}; starting from the first edit", file=sys.stderr)
+        saved = None
     try:
-        for T in checkpoints:
-            t0 = time.time()
-            results.append(edit(model, records[done:T], method=method, hparams=hp, state=state,
-                                progress=run.eval_cfg.progress, conflicts="allow", sanity=None))
-            t_edit, done = t_edit + time.time() - t0, T
-            per_edit = [s for r in results for s in r.stats.get("per_edit", [])]
-            summary, rows = _evaluate_cell(model, records[:T], run, ref)
-            on_cell(T, {**summary, "edit_seconds": t_edit, "sequence": checkpoints, "per_edit": per_edit}, rows)
+        if saved is not None:
+            results.append(EditResult(model, method, hp, list(records[:saved.done]), restore(model, saved, state)))
+            done, t_edit, per_edit = saved.done, saved.edit_seconds, saved.per_edit
+            resumed_at = [*saved.resumed_at, done]
+        stops = sorted({*checkpoints, *range(every, checkpoints[-1], every)})
+        for stop in (s for s in stops if s >= done):
+            if stop > done:
+                t0 = time.time()
+                results.append(edit(model, records[done:stop], method=method, hparams=hp, state=state,
+                                    progress=run.eval_cfg.progress, conflicts="allow", sanity=None))
+                t_edit, done = t_edit + time.time() - t0, stop
+                per_edit = per_edit + results[-1].stats.get("per_edit", [])
+                if done < checkpoints[-1] or done in checkpoints:
+                    store.save(snapshot(model, results, state, ids[:done], per_edit, t_edit, resumed_at))
+            if stop in checkpoints:
+                summary, rows = _evaluate_cell(model, records[:stop], run, ref)
+                summary = {**summary, "edit_seconds": t_edit, "sequence": checkpoints, "per_edit": per_edit}
+                on_cell(stop, {**summary, "resumed_at": resumed_at} if resumed_at else summary, rows)
+        store.clear()
     finally:
         for result in reversed(results):  # each restores the weights it found: back to the originals
             result.rollback()
+
+
+def sequence_key(run: TableRun, method: str, model: LoadedModel) -> dict:
+    """What decides a sequence's edits (`SequenceStore`'s key): settings, unedited weights, dtype, code."""
+    return {"settings": cell_settings(run, method, model), "weights": weights_fingerprint(model),
+            "dtype": run.dtype, "code": code_version()}
 
 
 def _run_record(run: TableRun, path: Path) -> dict:
