@@ -203,6 +203,7 @@ def test_a_stopped_sequence_goes_on_from_its_last_save_bit_for_bit(tiny_llama, t
         assert saved.exists()
         rest = sequence([5])  # the T = 2 cell was written; T = 5 is what is missing
         assert rest[5][0]["resumed_at"] == [4] and not saved.exists()
+        assert "going on from edit 4 of 5" in capsys.readouterr().err
         for a, b in ((whole[5], rest[5]),):
             assert json.dumps(a[1], sort_keys=True) == json.dumps(b[1], sort_keys=True)  # every per-record row
             assert a[0]["per_edit"] == b[0]["per_edit"] and len(b[0]["per_edit"]) == 5

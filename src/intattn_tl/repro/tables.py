@@ -193,6 +193,7 @@ def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int
             results.append(EditResult(model, method, hp, list(records[:saved.done]), restore(model, saved, state)))
             done, t_edit, per_edit = saved.done, saved.edit_seconds, saved.per_edit
             resumed_at = [*saved.resumed_at, done]
+            print(f"[intattn] {method}: going on from edit {done} of {checkpoints[-1]} ({store.path})", file=sys.stderr)
         stops = sorted({*checkpoints, *range(every, checkpoints[-1], every)})
         for stop in (s for s in stops if s >= done):
             if stop > done:
@@ -203,6 +204,8 @@ def run_sequence(model: LoadedModel, method: str, records, checkpoints: list[int
                 per_edit = per_edit + results[-1].stats.get("per_edit", [])
                 if done < checkpoints[-1] or done in checkpoints:
                     store.save(snapshot(model, results, state, ids[:done], per_edit, t_edit, resumed_at))
+                    if run.eval_cfg.progress:
+                        tqdm.write(f"{method}: {done} of {checkpoints[-1]} edits, progress saved", file=sys.stderr)
             if stop in checkpoints:
                 summary, rows = _evaluate_cell(model, records[:stop], run, ref)
                 summary = {**summary, "edit_seconds": t_edit, "sequence": checkpoints, "per_edit": per_edit}
