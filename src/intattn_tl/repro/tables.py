@@ -42,6 +42,7 @@ from intattn_tl.data.records import load_edits
 from intattn_tl.edit.result import EditResult
 from intattn_tl.edit.transaction import EditState
 from intattn_tl.errors import ReproduceError
+from intattn_tl.evaluation.intervals import Difference, paired_difference
 from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
 from intattn_tl.methods import get_method
 from intattn_tl.model.load import load_model
@@ -70,6 +71,7 @@ SEMANTICS = ("For each (method, T): the unedited model (previous edits rolled ba
              "edit after another, the sizes of one method as checkpoints of one sequence); all T records "
              "evaluated after the T-th edit. Portability and Locality: per record the mean over its probe kinds, "
              "then the mean over records (EasyEdit's KnowEdit runner, the paper's tables).")
+CONTRASTS = (("intattn", "memit"), ("intattn", "alphaedit"))  # (B, A): B − A per record, under each table
 AGGREGATION = "record"  # evaluate.summarize's default; cells without this field predate it (reaggregate_cells)
 
 
@@ -380,7 +382,32 @@ def _marks(values: dict[str, float | None]) -> dict[str, str]:
     return {m: "bold" if v == levels[0] else "dagger" for m, v in scored.items() if v in levels}
 
 
-def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: str) -> str:
+def contrasts(run: TableRun, cells: dict[tuple[str, int], dict]) -> dict[tuple[str, str, int], dict[str, Difference]]:
+    """For each pair of CONTRASTS whose two cells exist at a T: B − A on every column, paired on the records."""
+    out = {}
+    for b, a in CONTRASTS:
+        for T in sorted({T for _, T in cells}):
+            paths = [cell_path(run, m, T).with_suffix(".csv") for m in (a, b)]
+            if (a, T) in cells and (b, T) in cells and all(p.exists() for p in paths):  # rows: cells since 2026-11
+                rows_a, rows_b = (read_rows(p) for p in paths)
+                out[(b, a, T)] = {key: paired_difference(rows_a, rows_b, key) for key, _ in COLUMNS}
+    return out
+
+
+def format_contrasts(diffs: dict[tuple[str, str, int], dict[str, Difference]], T: int) -> list[str]:
+    rows = [(b, a, d) for (b, a, t), d in diffs.items() if t == T]
+    if not rows:
+        return []
+    lines = ["Paired differences over the records both cells scored, mean [95 % bootstrap interval]:", "",
+             "| B − A (records) | " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for b, a, d in rows:
+        n = max(x.n for x in d.values())
+        lines.append(f"| {DISPLAY.get(b, b)} − {DISPLAY.get(a, a)} ({n}) | " + " | ".join(str(d[k]) for k, _ in COLUMNS) + " |")
+    return lines + [""]
+
+
+def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: str,
+                    diffs: dict[tuple[str, str, int], dict[str, Difference]] | None = None) -> str:
     lines = [f"### {title}", "", SEMANTICS, ""]
     for T in sizes:
         header = ["Method", *[c[1] for c in COLUMNS], "Edit EM", "Edit s", "Eval s", "Device"]
@@ -404,6 +431,7 @@ def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: s
                      cell.get("device", "?").split(":")[0]]  # seconds only compare on one device
             lines.append(f"| {DISPLAY.get(m, m)} | " + " | ".join(vals) + " |")
         lines.append("")
+        lines += format_contrasts(diffs or {}, T)
     return "\n".join(lines)
 
 
@@ -417,7 +445,8 @@ def write_table(run: TableRun) -> Path:
     done = {m for m, _ in cells} | set(run.methods)
     methods = [m for m in METHODS if m in done] + sorted(done - set(METHODS) - {"pre-edit"})
     sizes = sorted(set(run.sizes) | {T for _, T in cells})
-    write_text(run.dir / "table.md", format_markdown(cells, sizes, methods, title) + "\n")
+    diffs = contrasts(run, cells)
+    write_text(run.dir / "table.md", format_markdown(cells, sizes, methods, title, diffs) + "\n")
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["method", "T", *[k for k, _ in COLUMNS], "exact_match", "edit_seconds", "eval_seconds", "device"])
@@ -425,6 +454,12 @@ def write_table(run: TableRun) -> Path:
         w.writerow([m, T, *[s.get(k) for k, _ in COLUMNS], s.get("edit_em"), s.get("edit_seconds"), s.get("eval_seconds"),
                     s.get("device")])
     write_text(run.dir / "table.csv", buf.getvalue())
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["B", "A", "T", "metric", "mean", "low", "high", "n", "level"])
+    for (b, a, T), d in diffs.items():
+        w.writerows([b, a, T, key, x.mean, x.low, x.high, x.n, x.level] for key, x in d.items())
+    write_text(run.dir / "contrasts.csv", buf.getvalue())
     fig = plot_table(cells, ["pre-edit", *methods], COLUMNS, DISPLAY, title)
     _atomic(run.dir / "table.png", lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
