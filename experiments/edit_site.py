@@ -3,8 +3,9 @@
 One batch of T records (the Table 2 cell's settings: the model's YAML, its traced α and layers) is edited by
 each method and saved (`OUT/<method>/edit.pt`, reused only if its records and settings are this run's). On the
 edited model the first N records are traced with answer = target_new, exactly as Figure 2 traces a known fact:
-noise on the subject, restore the 10-layer attention / MLP windows at every layer and token. The unedited
-model is traced on the same prompts with its own greedy answer (the fact as it knew it), as the baseline.
+noise on the subject, restore the 10-layer attention / MLP windows at every layer, at the last subject token and
+the last token (`key_tokens`). The unedited model is traced on the same prompts with its own greedy answer (the
+fact as it knew it), as the baseline.
 
 Per variant the report gives the facts kept (corruption lowers LD by ≥ 1 logit), how many of them the model
 answers with the traced token, the attention share of the restored effect at the last subject token
@@ -67,7 +68,7 @@ def trace_variant(model, records, folder: Path, answer, std: float) -> None:
     for r in records:
         path = folder / f"{r.id.replace('/', '_')}.npz"
         if not path.exists():
-            trace_fact(model, r.prompt, r.subject, answer(r), embed_std=std, kinds=KINDS).save(path)
+            trace_fact(model, r.prompt, r.subject, answer(r), embed_std=std, kinds=KINDS, key_tokens=True).save(path)
 
 
 def curves(res: TraceResult) -> dict[str, np.ndarray]:

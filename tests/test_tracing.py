@@ -44,6 +44,19 @@ def test_token_batching_does_not_change_numbers(tiny, both):
     np.testing.assert_allclose(one_token_per_batch.logit_diff, both[0].logit_diff, atol=2e-5)
 
 
+def test_key_tokens_restore_only_the_last_subject_token_and_the_last_token(tiny, both):
+    kw = dict(n_samples=3, window=3, seed=1, key_tokens=True)
+    for full, key in zip(both, (trace_fact(tiny, *FACT, **kw), trace_fact_loop(tiny, *FACT, **kw))):
+        s0, s1 = key.subject_span
+        keep = [s1 - 1, len(key.tokens) - 1]
+        np.testing.assert_allclose(key.logit_diff[:, :, keep], full.logit_diff[:, :, keep], atol=2e-5)
+        others = [t for t in range(s0, len(key.tokens)) if t not in keep]
+        assert others and np.isnan(key.logit_diff[:, :, others]).all()
+        at = [CLASSES.index("last subject"), CLASSES.index("last")]  # what α and the layer choice read
+        np.testing.assert_allclose(aggregate([key], "prob")["mean"][..., at], aggregate([full], "prob")["mean"][..., at],
+                                   atol=1e-6)
+
+
 def test_restorations_before_subject_are_noops_and_resid_at_last_token_is_clean(both):
     fast, loop = both
     s0 = fast.subject_span[0]
