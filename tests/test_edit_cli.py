@@ -77,6 +77,12 @@ def test_trace_with_a_saved_edit_applied_traces_the_edited_model_and_leaves_it_u
     assert p_clean["edited"] > p_clean["unedited"] + 1e-3  # the edit raised P(Quix): the edited model was traced
     for (kind, layer), w in before.items():  # and was rolled back after
         assert torch.equal(getattr(model.spec, kind)[layer], w)
+    # --key-tokens: the same alpha and layers from the two tokens they are read at
+    widths = ["--attn-width", "1", "--mlp-width", "2"]
+    for name, extra in (("full", []), ("key", ["--key-tokens"])):
+        assert main([*common, *widths, "--out", str(tmp_path / name), *extra]) == 0
+    full, key = (json.loads((tmp_path / n / "tiny-llama.json").read_text()) for n in ("full", "key"))
+    assert key["alpha"] == pytest.approx(full["alpha"], abs=1e-6) and key["attn_layers"] == full["attn_layers"]
     # a folder traced without the edit is not resumed with it: the settings differ
     assert main([*common, "--out", str(tmp_path / "unedited"), "--apply", str(saved)]) == 2
     assert main([*common, "--out", str(tmp_path / "x"), "--apply", str(tmp_path / "missing.pt")]) == 2

@@ -42,6 +42,9 @@ def add_arguments(p) -> None:
                    help="noise std in units of the embedding std")
     p.add_argument("--window", type=integer(lo=1), default=10, help="layers restored together by the *_window kinds")
     p.add_argument("--seed", type=integer(lo=0), default=0)
+    p.add_argument("--key-tokens", action="store_true", help="restore only at the last subject token and the last "
+                   "token, where alpha and the layers are read (same numbers there, the other tokens empty; several "
+                   "times faster)")
     p.add_argument("--kinds", default=None, type=name_list(KINDS + ("head",)), help="comma-separated restoration "
                    "kinds to trace (resid, attn, mlp, attn_window, mlp_window; default: those five) and/or head: "
                    "every single attention head's hook_z at the last subject token and the last token")
@@ -154,7 +157,8 @@ def run(args) -> int:
                 if kinds:
                     trace = trace_dataset(model, facts, args.facts, known_only=not own, n_samples=args.samples,
                                           noise_scale=args.noise_scale, window=args.window, seed=args.seed, kinds=kinds,
-                                          store=out / "facts", settings=settings, shard=args.shard)
+                                          store=out / "facts", settings=settings, shard=args.shard,
+                                          **({"key_tokens": True} if args.key_tokens else {}))
                     print(f"traced {len(trace.results)} facts of {trace.seen} read ({len(trace.skipped)} skipped) in "
                           f"{time.time() - t0:.0f}s")
                 if heads:  # the same facts: chosen by the same rule from the same list
