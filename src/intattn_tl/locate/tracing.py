@@ -137,6 +137,11 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
+def key_positions(span: tuple[int, int], n_tokens: int) -> list[int]:
+    """The last subject token and the last token (one position when the subject ends the prompt)."""
+    return sorted({span[1] - 1, n_tokens - 1})
+
+
 def site_layers(kind: str, layer: int, window: int, n_layers: int) -> range:
     if kind not in KINDS:
         raise TraceError(f"unknown kind {kind!r}; known: {', '.join(KINDS)}")
@@ -254,9 +259,13 @@ def _result(model, prompt, subject, answer, fact: _Fact, r2, kinds, window, clea
 def trace_fact(
     model: LoadedModel, prompt: str, subject: str, answer: str, *, n_samples: int = 10, noise_scale: float = 3.0,
     embed_std: float | None = None, window: int = 10, kinds=KINDS, seed: int = 0, contrast: int | str | None = None,
-    max_rows: int = 32768,
+    max_rows: int = 32768, key_tokens: bool = False,
 ) -> TraceResult:
     """The full restoration grid for one fact (see module docstring). `answer`'s first token is traced.
+
+    `key_tokens` restores only at the last subject token and the last token (where α and the critical layers
+    are read, and the attribute-extraction stage); the other subject and later tokens are NaN. Same numbers
+    at those two tokens, a fraction of the work.
 
     `embed_std` (the embedding std; noise std = noise_scale x it) is computed when not given; pass it when tracing many facts.
     `max_rows` bounds one pass (rows x positions); sites beyond it go to further passes. Numbers do not depend on it.
@@ -264,7 +273,8 @@ def trace_fact(
     """
     if not model.spec.family.runs_blocks:  # the generic adapter runs no blocks itself: the hooked loop
         return trace_fact_loop(model, prompt, subject, answer, n_samples=n_samples, noise_scale=noise_scale,
-                               embed_std=embed_std, window=window, kinds=kinds, seed=seed, contrast=contrast)
+                               embed_std=embed_std, window=window, kinds=kinds, seed=seed, contrast=contrast,
+                               key_tokens=key_tokens)
     kinds = _check(n_samples, window, kinds)
     fact = prepare_fact(model, prompt, subject, answer)
     stack, dev = Stack(model), model.device
@@ -282,12 +292,12 @@ def trace_fact(
     p_star, ld_star = _scores(corrupt_logits[None], r, r2)
     runs = _Runs(stack, clean_resid[0], clean_attn[0], clean_mlp[0], corrupt_resid, corrupt_attn, kv, r, r2)
 
-    prob = torch.empty(len(kinds), n_layers, n_tok, device=dev)
-    ld = torch.empty_like(prob)
+    prob = torch.full((len(kinds), n_layers, n_tok), float("nan"), device=dev)
+    ld = torch.full_like(prob, float("nan"))
     prob[:, :, :s0], ld[:, :, :s0] = p_star, ld_star  # restoring a token the noise never touched is a no-op
     sites = sorted(((kinds[k], layer, k) for k in range(len(kinds)) for layer in range(n_layers)),
                    key=lambda site: site_layers(site[0], site[1], window, n_layers).start)
-    for t in range(s0, n_tok):
+    for t in key_positions(fact.span, n_tok) if key_tokens else range(s0, n_tok):
         per_pass = max(1, max_rows // (n_samples * (n_tok - t)))
         for i in range(0, len(sites), per_pass):
             group = sites[i:i + per_pass]
@@ -373,11 +383,12 @@ def score_rows(logits: Float[Tensor, "r vocab"], r: int, r2: int) -> tuple[Tenso
 def trace_fact_loop(
     model: LoadedModel, prompt: str, subject: str, answer: str, *, n_samples: int = 10, noise_scale: float = 3.0,
     embed_std: float | None = None, window: int = 10, kinds=KINDS, seed: int = 0, contrast: int | str | None = None,
-    sites: list[tuple[str, int, int]] | None = None,
+    sites: list[tuple[str, int, int]] | None = None, key_tokens: bool = False,
 ) -> TraceResult:
     """Same numbers as `trace_fact`, by one hooked bridge forward per (kind, layer, token).
 
-    `sites` limits the loop to those (kind, layer, token) triples (the rest is NaN), for timing samples.
+    `sites` limits the loop to those (kind, layer, token) triples (the rest is NaN), for timing samples;
+    `key_tokens` to the last subject token and the last token, as in `trace_fact`.
     """
     kinds = _check(n_samples, window, kinds)
     fact = prepare_fact(model, prompt, subject, answer)
@@ -410,6 +421,9 @@ def trace_fact_loop(
     prob = torch.full((len(kinds), n_layers, n_tok), float("nan"), device=dev)
     ld = torch.full_like(prob, float("nan"))
     wanted = None if sites is None else set(sites)
+    if key_tokens:
+        wanted = {(kind, layer, t) for kind in kinds for layer in range(n_layers) for t in key_positions(fact.span, n_tok)
+                  if wanted is None or (kind, layer, t) in wanted}
     for k, kind in enumerate(kinds):
         hook_name = HOOKS[kind.split("_")[0]]
         for layer in range(n_layers):
