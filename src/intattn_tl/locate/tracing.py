@@ -137,6 +137,9 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
+MIN_LD_GAP = 1.0  # as locate.balance (main moved it here)
+
+
 def key_positions(span: tuple[int, int], n_tokens: int) -> list[int]:
     """The last subject token and the last token (one position when the subject ends the prompt)."""
     return sorted({span[1] - 1, n_tokens - 1})
