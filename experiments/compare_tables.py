@@ -10,6 +10,7 @@ import argparse
 import math
 from pathlib import Path
 
+from intattn_tl.evaluation.intervals import paired_values
 from intattn_tl.repro.tables import COLUMNS, DISPLAY, METHODS, read_cell, read_rows
 
 
@@ -24,15 +25,10 @@ def _cells(folder: Path) -> dict:
 
 def paired(rows_a: list[dict], rows_b: list[dict], key: str) -> tuple[float, float, int]:
     """Mean and standard error of B − A over the records scored in both (×100, as the table shows them)."""
-    a = {r["id"]: r.get(key) for r in rows_a}
-    d = [100 * (r[key] - a[r["id"]]) for r in rows_b
-         if isinstance(r.get(key), float) and isinstance(a.get(r["id"]), float)
-         and not math.isnan(r[key]) and not math.isnan(a[r["id"]])]
+    d = paired_values(rows_a, rows_b, key)
     if len(d) < 2:
         return float("nan"), float("nan"), len(d)
-    mean = sum(d) / len(d)
-    var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
-    return mean, math.sqrt(var / len(d)), len(d)
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d)
 
 
 def compare(a: Path, b: Path) -> list[str]:

@@ -46,6 +46,12 @@ def _scores(rows: list[dict], key: str) -> dict[str, float]:
     return out
 
 
+def paired_values(rows_a: list[dict], rows_b: list[dict], key: str) -> np.ndarray:
+    """B − A (×100) per record scored in both (paired on "id"), in B's order."""
+    a, b = _scores(rows_a, key), _scores(rows_b, key)
+    return np.array([100 * (b[i] - a[i]) for i in b if i in a])
+
+
 def paired_difference(rows_a: list[dict], rows_b: list[dict], key: str, samples: int = BOOTSTRAP_SAMPLES,
                       level: float = LEVEL, seed: int = 0) -> Difference:
     """Mean of B − A (×100) over the records scored in both, and its percentile bootstrap interval.
@@ -54,13 +60,11 @@ def paired_difference(rows_a: list[dict], rows_b: list[dict], key: str, samples:
         raise ValueError(f"level must be in (0, 1), got {level}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    a, b = _scores(rows_a, key), _scores(rows_b, key)
-    ids = [i for i in b if i in a]
-    if len(ids) < 2:
-        return Difference(math.nan, math.nan, math.nan, len(ids), level)
-    d = 100 * (np.array([b[i] for i in ids]) - np.array([a[i] for i in ids]))
+    d = paired_values(rows_a, rows_b, key)
+    if len(d) < 2:
+        return Difference(math.nan, math.nan, math.nan, len(d), level)
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(axis=1)
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(means, [tail, 100 - tail])
-    return Difference(float(d.mean()), float(low), float(high), len(ids), level)
+    return Difference(float(d.mean()), float(low), float(high), len(d), level)
