@@ -1,4 +1,4 @@
-"""Paired differences with bootstrap intervals (evaluation/intervals.py) and the tables' contrast rows."""
+"""Bootstrap intervals (evaluation/intervals.py): paired differences, one evaluation's mean, the tables' contrast rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from intattn_tl.evaluation.intervals import paired_difference
+from intattn_tl.evaluation.intervals import mean_interval, paired_difference
 from intattn_tl.evaluation.metrics import summarize
 from intattn_tl.repro.tables import TableRun, _write_cell, write_table
 
@@ -49,6 +49,17 @@ def test_the_interval_matches_the_normal_approximation_and_is_reproducible():
         < d.high - d.low
     with pytest.raises(ValueError, match="level"):
         paired_difference(a, b, "edit_succ", level=1.0)
+
+
+def test_a_mean_interval_is_the_summary_mean_with_the_normal_width():
+    rng = np.random.default_rng(2)
+    x = rng.random(300)
+    rows = _rows({str(i): float(v) for i, v in enumerate(x)} | {"nan": math.nan, "none": None})
+    m = mean_interval(rows, "edit_succ", seed=1)
+    assert m.n == 300 and m.mean == pytest.approx(summarize(rows)["edit_succ"])  # what the cell reports
+    assert m.high - m.low == pytest.approx(2 * 1.96 * 100 * x.std(ddof=1) / math.sqrt(300), rel=0.15)
+    assert m.low < m.mean < m.high
+    assert math.isnan(mean_interval(_rows({"1": 0.5}), "edit_succ").mean)
 
 
 def test_write_table_adds_the_paired_contrasts_of_intattn(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -76,6 +77,13 @@ def test_alpha_sweep_writes_points_and_figure(tmp_path):
     folder = run_sweep("tiny-llama", "zsre", 2, (0.0, 1.0), tmp_path, EvalConfig(fluency=False, progress=False))
     lines = (folder / "points.csv").read_text().splitlines()
     assert len(lines) == 3 and lines[0].startswith("alpha")
+    assert {"edit_succ_low", "edit_succ_high", "locality_low"} <= set(lines[0].split(","))  # error bars from rows
+    contrasts = list(csv.DictReader((folder / "contrasts.csv").open()))  # α = 1 against α = 0, paired
+    assert {(c["alpha"], c["minus_alpha"]) for c in contrasts} == {("1.0", "0.0")}
+    assert {c["metric"] for c in contrasts} >= {"edit_succ", "locality"}
+    pts = list(csv.DictReader((folder / "points.csv").open()))
+    succ = next(c for c in contrasts if c["metric"] == "edit_succ")
+    assert float(succ["mean"]) == pytest.approx(float(pts[1]["edit_succ"]) - float(pts[0]["edit_succ"]), abs=1e-9)
     assert (folder / "figure4.png").stat().st_size > 1000
     from intattn_tl.core.store import read_rows
 

@@ -16,12 +16,13 @@ import matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 
 from intattn_tl.api import check_hparams
-from intattn_tl.config.hparams import load_hparams
+from intattn_tl.config.hparams import load_hparams, tracing_result
 from intattn_tl.core.checks import CheckError, check_int, check_real, writable_dir
 from intattn_tl.core.settings import code_version, edit_settings
-from intattn_tl.core.store import _atomic, write_text
+from intattn_tl.core.store import _atomic, read_rows, write_text
 from intattn_tl.data.records import load_edits
 from intattn_tl.edit.transaction import EditError
+from intattn_tl.evaluation.intervals import mean_interval, paired_difference
 from intattn_tl.evaluation.metrics import EvalConfig, locality_reference, summarize
 from intattn_tl.model.load import load_model
 from intattn_tl.model.spec import LoadedModel
@@ -31,6 +32,7 @@ from intattn_tl.repro.results import edit_and_evaluate, read_verified, refuse_ot
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 PROJECT = "intattn-tl-alpha"  # the W&B project of the α points (experiments/sweep_alpha.yaml's too)
 FIG4_METRICS = (("edit_succ", "Edit Succ."), ("portability", "Portability"), ("locality", "Locality"), ("fluency", "Fluency"))
+CONTRAST_METRICS = ("edit_succ", "generalization", "portability", "locality", "fluency")
 
 
 def sweep_point(model: LoadedModel, records, alpha: float, eval_cfg: EvalConfig, ref=None,
@@ -89,16 +91,43 @@ def log_point(point: dict, rows: list[dict], eval_cfg: EvalConfig, group: str, e
 
 
 def write_points(folder: Path, title: str) -> list[dict]:
-    """points.csv + figure4.png from every point file in `folder`/points, whoever wrote it; returns the points."""
-    points = sorted((read_point(p) for p in (folder / "points").glob("alpha-*.json")), key=lambda p: p["alpha"])
-    points = [{k: v for k, v in p.items() if k != "settings"} for p in points]
+    """points.csv + figure4.png from every point file in `folder`/points, whoever wrote it; returns the points.
+    Points with per-record rows get 95 % bootstrap intervals (`<metric>_low` / `_high`), drawn as error bars,
+    and contrasts.csv sets each of them against α = 0 (MEMIT's edit), paired over the records; the model's
+    traced α, if committed, is marked."""
+    points, rows_at = [], {}
+    for path in sorted((folder / "points").glob("alpha-*.json")):
+        point = {k: v for k, v in read_point(path).items() if k != "settings"}
+        if path.with_suffix(".csv").exists():
+            rows = rows_at[point["alpha"]] = read_rows(path.with_suffix(".csv"))
+            for key, _ in FIG4_METRICS:
+                ci = mean_interval(rows, key)
+                point |= {f"{key}_low": ci.low, f"{key}_high": ci.high}
+        points.append(point)
+    points.sort(key=lambda p: p["alpha"])
+    _write_contrasts(folder / "contrasts.csv", rows_at)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for p in points for k in p)))
     w.writeheader()
     w.writerows(points)
     write_text(folder / "points.csv", buf.getvalue())
-    plot_figure4(points, folder / "figure4.png", title=title)
+    traced = tracing_result(points[0]["model"]) if points and points[0].get("model") else None
+    plot_figure4(points, folder / "figure4.png", title=title, traced_alpha=traced and traced.get("alpha"))
     return points
+
+
+def _write_contrasts(path: Path, rows_at: dict[float, list[dict]]) -> None:
+    """Each α's metrics minus α = 0's over the records both scored, with 95 % bootstrap intervals."""
+    if 0.0 not in rows_at:
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["alpha", "minus_alpha", "metric", "mean", "low", "high", "n", "level"])
+    for alpha in sorted(a for a in rows_at if a != 0.0):
+        for key in CONTRAST_METRICS:
+            d = paired_difference(rows_at[0.0], rows_at[alpha], key)
+            w.writerow([alpha, 0.0, key, d.mean, d.low, d.high, d.n, d.level])
+    write_text(path, buf.getvalue())
 
 
 def _check_grid(grid, T: int) -> tuple[float, ...]:
@@ -135,11 +164,18 @@ def _check_resume(done: dict, settings: dict) -> None:
         refuse_other_settings(path, point.get("settings") or None, settings, EditError)
 
 
-def plot_figure4(points: list[dict], path: Path, title: str = "") -> Path:
+def plot_figure4(points: list[dict], path: Path, title: str = "", traced_alpha: float | None = None) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     alphas = [p["alpha"] for p in points]
+    nan = float("nan")
     for ax, (key, label) in zip(axes, FIG4_METRICS):
-        ax.plot(alphas, [p.get(key, float("nan")) for p in points], marker="o")
+        y = [p.get(key, nan) for p in points]
+        err = [[max(0.0, v - p.get(f"{key}_low", v)) for v, p in zip(y, points)],  # NaN stays NaN: no bar
+               [max(0.0, p.get(f"{key}_high", v) - v) for v, p in zip(y, points)]]
+        ax.errorbar(alphas, y, yerr=err, marker="o", capsize=3)
+        if traced_alpha is not None:
+            ax.axvline(traced_alpha, color="grey", linestyle="--", linewidth=1, label=f"traced α {traced_alpha:.3f}")
+            ax.legend(fontsize=7, loc="best")
         ax.set_xlabel("α (0 = MLP only, 1 = attention only)")
         ax.set_title(label)
         ax.grid(alpha=0.3)

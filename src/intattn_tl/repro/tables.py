@@ -42,7 +42,7 @@ from intattn_tl.data.records import load_edits
 from intattn_tl.edit.result import EditResult
 from intattn_tl.edit.transaction import EditState
 from intattn_tl.errors import ReproduceError
-from intattn_tl.evaluation.intervals import Difference, paired_difference
+from intattn_tl.evaluation.intervals import Interval, paired_difference
 from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
 from intattn_tl.methods import get_method
 from intattn_tl.model.load import load_model
@@ -382,7 +382,7 @@ def _marks(values: dict[str, float | None]) -> dict[str, str]:
     return {m: "bold" if v == levels[0] else "dagger" for m, v in scored.items() if v in levels}
 
 
-def contrasts(run: TableRun, cells: dict[tuple[str, int], dict]) -> dict[tuple[str, str, int], dict[str, Difference]]:
+def contrasts(run: TableRun, cells: dict[tuple[str, int], dict]) -> dict[tuple[str, str, int], dict[str, Interval]]:
     """For each pair of CONTRASTS whose two cells exist at a T: B − A on every column, paired on the records."""
     out = {}
     for b, a in CONTRASTS:
@@ -394,7 +394,7 @@ def contrasts(run: TableRun, cells: dict[tuple[str, int], dict]) -> dict[tuple[s
     return out
 
 
-def format_contrasts(diffs: dict[tuple[str, str, int], dict[str, Difference]], T: int) -> list[str]:
+def format_contrasts(diffs: dict[tuple[str, str, int], dict[str, Interval]], T: int) -> list[str]:
     rows = [(b, a, d) for (b, a, t), d in diffs.items() if t == T]
     if not rows:
         return []
@@ -407,7 +407,7 @@ def format_contrasts(diffs: dict[tuple[str, str, int], dict[str, Difference]], T
 
 
 def format_markdown(cells: dict[tuple[str, int], dict], sizes, methods, title: str,
-                    diffs: dict[tuple[str, str, int], dict[str, Difference]] | None = None) -> str:
+                    diffs: dict[tuple[str, str, int], dict[str, Interval]] | None = None) -> str:
     lines = [f"### {title}", "", SEMANTICS, ""]
     for T in sizes:
         header = ["Method", *[c[1] for c in COLUMNS], "Edit EM", "Edit s", "Eval s", "Device"]
