@@ -14,6 +14,8 @@ paired difference to `full` (mean ± standard error over the records).
 
     python experiments/fluency_modules.py --model qwen2.5-coder-0.5b --T 100 --out runs/fluency-qwen
     python experiments/fluency_modules.py --model qwen2.5-coder-0.5b --T 100 --out runs/fluency-qwen --per-layer
+    python experiments/fluency_modules.py --model qwen2.5-coder-0.5b --T 100 --out runs/fluency-qwen-lam250 \
+        --set attn_mom2_update_weight=250                    # another IntAttn-Edit setting (YAML values)
     python experiments/fluency_modules.py --out runs/fluency-qwen --report-only \
         --against results/table2/qwen2.5-coder-0.5b-0.2/cells/memit-T100.csv
 """
@@ -29,6 +31,7 @@ import torch
 from compare_tables import paired  # experiments/: B − A ± se over paired records
 
 from intattn_tl.api import edit
+from intattn_tl.cli.edit import parse_overrides
 from intattn_tl.config.hparams import load_hparams
 from intattn_tl.core.settings import edit_settings
 from intattn_tl.data.records import load_edits
@@ -46,10 +49,10 @@ from intattn_tl.repro.tables import read_rows
 METRICS = ("edit_succ", "portability", "locality", "fluency")
 
 
-def compute_edit(model, records, path: Path) -> dict[str, torch.Tensor]:
+def compute_edit(model, records, path: Path, overrides: dict | None = None) -> dict[str, torch.Tensor]:
     """The batch's deltas by "kind.layer", computed once and saved; a saved one is reused only if its
     settings are this run's."""
-    hp = load_hparams("intattn", model.name)
+    hp = load_hparams("intattn", model.name, overrides)
     settings = edit_settings("intattn", hp, model)
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -133,13 +136,17 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated variant names to run, in this order (default: all)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--against", type=Path, nargs="*", default=[], help="other per-record CSVs to list")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one IntAttn-Edit hyperparameter (YAML value); repeatable")
     args = ap.parse_args()
+    overrides = parse_overrides(args.overrides, None)
+    load_hparams("intattn", args.model, overrides)  # an unknown key or a bad value fails here, before the model loads
     records = load_edits(args.dataset, limit=args.T)
     if not args.report_only:
         (args.out / "variants").mkdir(parents=True, exist_ok=True)
         model = load_model(args.model)
         cfg = EvalConfig()
-        deltas = compute_edit(model, records, args.out / "edit.pt")
+        deltas = compute_edit(model, records, args.out / "edit.pt", overrides)
         todo = variants(deltas, args.per_layer)
         if args.only:
             todo = {k: todo[k] for k in args.only.split(",") if k in todo}  # in the order given
