@@ -170,7 +170,7 @@ def plot_figure4(points: list[dict], path: Path, title: str = "", traced_alpha: 
     nan = float("nan")
     for ax, (key, label) in zip(axes, FIG4_METRICS):
         y = [p.get(key, nan) for p in points]
-        err = [[max(0.0, v - p.get(f"{key}_low", v)) for v, p in zip(y, points)],  # NaN stays NaN: no bar
+        err = [[max(0.0, v - p.get(f"{key}_low", v)) for v, p in zip(y, points)],  # a NaN bound: max gives 0, no bar
                [max(0.0, p.get(f"{key}_high", v) - v) for v, p in zip(y, points)]]
         ax.errorbar(alphas, y, yerr=err, marker="o", capsize=3)
         if traced_alpha is not None:
