@@ -3,8 +3,10 @@ library functions it wraps are restored afterwards."""
 
 import importlib.util
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,16 +19,32 @@ def load_profile_cell():
     return mod
 
 
-def test_nested_phases_are_charged_exclusively():
-    prof = load_profile_cell().Profiler()
+class FakeClock:
+    """perf_counter / process_time that move only when told: the test reads the bookkeeping, not the machine."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def test_nested_phases_are_charged_exclusively(monkeypatch):
+    mod = load_profile_cell()
+    clock = FakeClock()
+    monkeypatch.setattr(mod, "time", SimpleNamespace(perf_counter=clock, process_time=clock))
+    prof = mod.Profiler()
     with prof.phase("outer"):
-        time.sleep(0.05)
+        clock.sleep(0.05)
         with prof.phase("inner"):
-            time.sleep(0.10)
-        time.sleep(0.05)
+            clock.sleep(0.10)
+        clock.sleep(0.05)
     out = prof.take()
-    assert 0.09 <= out["outer"][0] < 0.15  # 0.05 + 0.05, not the inner 0.10 as well
-    assert 0.09 <= out["inner"][0] < 0.15
+    assert out["outer"] == pytest.approx((0.10, 0.10))  # 0.05 + 0.05, not the inner 0.10 as well
+    assert out["inner"] == pytest.approx((0.10, 0.10))
     assert prof.take() == {}  # take() resets
 
 
