@@ -22,17 +22,17 @@ import json
 
 import torch
 
+from intattn_tl.api import edit
+from intattn_tl.cli.edit import parse_overrides
+from intattn_tl.config.hparams import load_hparams
+from intattn_tl.data.records import load_edits
+from intattn_tl.edit.chain import edit_prefixes, targets_at
+from intattn_tl.edit.targets import injected_accuracy
+from intattn_tl.edit.transaction import EditState, apply_deltas
+from intattn_tl.model.load import load_model
+
 
 def main() -> None:
-    from intattn_tl.cli.edit import parse_overrides
-    from intattn_tl.data.records import load_edits
-    from intattn_tl.edit.transaction import EditState, WeightTransaction
-    from intattn_tl.api import edit
-    from intattn_tl.config.hparams import load_hparams
-    from intattn_tl.edit.chain import edit_prefixes, targets_at
-    from intattn_tl.model.load import load_model
-    from intattn_tl.edit.targets import injected_accuracy
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma3-270m")
     p.add_argument("--method", default="memit", choices=("memit", "alphaedit", "intattn"))
@@ -60,12 +60,8 @@ def main() -> None:
         result.tx.rollback()
     parts = {}
     for part in (("w_out", "w_o") if args.parts else ()):  # one chain's deltas alone, each in its own transaction
-        tx = WeightTransaction(model)
+        tx = apply_deltas(model, result.deltas, [k for k in result.deltas if k.startswith(part + ".")])
         try:
-            for key, delta in result.deltas.items():
-                kind, layer = key.split(".")
-                if kind == part:
-                    tx.update(kind, int(layer), delta)
             parts[f"{part} only"] = round(float(injected_accuracy(model, records, sites[0][0], zeros).mean()), 3)
         finally:
             tx.rollback()

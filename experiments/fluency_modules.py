@@ -35,13 +35,8 @@ from intattn_tl.cli.edit import parse_overrides
 from intattn_tl.config.hparams import load_hparams
 from intattn_tl.core.settings import edit_settings
 from intattn_tl.data.records import load_edits
-from intattn_tl.edit.transaction import EditError, WeightTransaction, fingerprint
-from intattn_tl.evaluation.metrics import (
-    EvalConfig,
-    evaluate,
-    locality_reference,
-    summarize,
-)
+from intattn_tl.edit.transaction import EditError, apply_deltas, fingerprint, weight_key
+from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
 from intattn_tl.model.load import load_model
 from intattn_tl.repro.results import read_verified, write_result
 from intattn_tl.repro.tables import read_rows
@@ -83,11 +78,8 @@ def variants(deltas: dict, per_layer: bool) -> dict[str, list[str]]:
 def evaluate_with(model, records, deltas: dict, keys: list[str], cfg: EvalConfig, ref) -> list[dict]:
     """Apply `keys`' deltas, evaluate, roll back (bit-exact: checked)."""
     before = {k: fingerprint(_weight(model, k)) for k in keys}
-    tx = WeightTransaction(model)
+    tx = apply_deltas(model, deltas, keys)
     try:
-        for k in keys:
-            kind, layer = k.split(".")
-            tx.update(kind, int(layer), deltas[k])
         return evaluate(model, records, cfg, locality_ref=ref)
     finally:
         tx.rollback()
@@ -95,8 +87,8 @@ def evaluate_with(model, records, deltas: dict, keys: list[str], cfg: EvalConfig
 
 
 def _weight(model, key: str):
-    kind, layer = key.split(".")
-    return getattr(model.spec, kind)[int(layer)]
+    kind, layer = weight_key(key)
+    return getattr(model.spec, kind)[layer]
 
 
 def repeats(rows: list[dict], records) -> int:

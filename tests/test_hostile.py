@@ -16,7 +16,7 @@ import intattn_tl.repro.tables  # noqa: F401  imported before `no_model` patches
 import intattn_tl.repro.sweep  # noqa: F401  so their own `load_model` names are never bound to the patch
 from intattn_tl.cli import main
 from intattn_tl.data.records import EditRecord, load_edits
-from intattn_tl.edit.transaction import EditError, WeightTransaction
+from intattn_tl.edit.transaction import EditError, WeightTransaction, apply_deltas
 from intattn_tl.edit.result import apply_saved
 from intattn_tl.api import edit
 from intattn_tl.evaluation.metrics import EvalConfig
@@ -250,6 +250,23 @@ def test_interrupted_apply_changes_nothing(tiny_llama, cache, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         apply_saved(tiny_llama, path)
     assert all(torch.equal(a, b) for a, b in zip(tiny_llama.spec.w_out, before))
+
+
+def test_apply_deltas_applies_only_the_named_keys_and_refuses_bad_ones_whole(tiny_llama):
+    spec = tiny_llama.spec
+    before = {k: [w.clone() for w in getattr(spec, k)] for k in ("w_out", "w_o")}
+    deltas = {"w_out.0": torch.ones_like(spec.w_out[0]), "w_o.1": torch.ones_like(spec.w_o[1])}
+    tx = apply_deltas(tiny_llama, deltas, ["w_o.1"])
+    assert torch.equal(spec.w_out[0], before["w_out"][0]) and not torch.equal(spec.w_o[1], before["w_o"][1])
+    tx.rollback()
+    assert all(torch.equal(a, b) for k in before for a, b in zip(getattr(spec, k), before[k]))
+    for bad, match in ((["w_out.0", "w_o.7"], "no delta"), (["w_out.0", "bias.1"], "not a weight key")):
+        with pytest.raises(EditError, match=match):
+            apply_deltas(tiny_llama, deltas | {"bias.1": deltas["w_out.0"]}, bad)
+        assert all(torch.equal(a, b) for k in before for a, b in zip(getattr(spec, k), before[k]))
+    with pytest.raises(EditError, match="shape"):  # the first key applied, the second refused: both undone
+        apply_deltas(tiny_llama, {"w_out.0": deltas["w_out.0"], "w_o.1": torch.ones(2, 2)})
+    assert all(torch.equal(a, b) for k in before for a, b in zip(getattr(spec, k), before[k]))
 
 
 def test_out_of_order_rollback_is_refused_and_newest_first_is_exact(tiny_llama):

@@ -18,6 +18,7 @@ from intattn_tl.data.records import EditRecord, KnownFact, Probe, load_edits, lo
 from intattn_tl.data.requests import EditRequest
 from intattn_tl.edit.export import edit_card, export_model
 from intattn_tl.edit.result import EditResult, apply_saved
+from intattn_tl.edit.transaction import apply_deltas
 from intattn_tl.errors import IntattnError
 from intattn_tl.evaluation.metrics import EvalConfig, evaluate, locality_reference, summarize
 from intattn_tl.locate.balance import summarize as summarize_trace
@@ -29,7 +30,7 @@ from intattn_tl.version import __version__
 
 __all__ = [
     "DEFAULT_MODEL", "EditRecord", "EditRequest", "EditResult", "EvalConfig", "IntattnError", "KNOWN_MODELS",
-    "KnownFact", "LoadedModel", "ModelSpec", "Probe", "TraceResult", "__version__", "apply_saved", "edit",
-    "edit_card", "evaluate", "export_model", "load_edits", "load_hparams", "load_known_facts", "load_model",
+    "KnownFact", "LoadedModel", "ModelSpec", "Probe", "TraceResult", "__version__", "apply_deltas", "apply_saved",
+    "edit", "edit_card", "evaluate", "export_model", "load_edits", "load_hparams", "load_known_facts", "load_model",
     "locality_reference", "summarize", "summarize_trace", "trace",
 ]

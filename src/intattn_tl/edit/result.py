@@ -13,7 +13,15 @@ from torch import Tensor
 from intattn_tl.core.settings import code_version, edit_settings
 from intattn_tl.core.store import _atomic
 from intattn_tl.data.records import EditRecord
-from intattn_tl.edit.transaction import EditError, Kind, WeightTransaction, _weight, added, fingerprint
+from intattn_tl.edit.transaction import (
+    EditError,
+    WeightTransaction,
+    _weight,
+    added,
+    apply_deltas,
+    fingerprint,
+    weight_key,
+)
 from intattn_tl.model.spec import LoadedModel
 
 
@@ -57,7 +65,7 @@ class EditResult:
         return _atomic(path, lambda tmp: torch.save(blob, tmp))
 
 
-def _saved_deltas(model: LoadedModel, path: str | Path) -> tuple[dict, dict[tuple[Kind, int], Tensor]]:
+def _saved_deltas(model: LoadedModel, path: str | Path) -> tuple[dict, dict[str, Tensor]]:
     """(meta, deltas) of an edit file, every key and shape checked before anything is applied."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,11 +76,10 @@ def _saved_deltas(model: LoadedModel, path: str | Path) -> tuple[dict, dict[tupl
         raise EditError(f"{path} was made for model {meta.get('model')!r}, not {model.name!r}")
     deltas = {}
     for key, delta in raw.items():
-        kind, _, layer = key.partition(".")
-        w = _weight(model, kind, int(layer) if layer.isdigit() else -1)
+        w = _weight(model, *weight_key(key))
         if not isinstance(delta, Tensor) or delta.shape != w.shape or not torch.isfinite(delta).all():
             raise EditError(f"{path}: delta {key} does not fit {model.name} (shape/values); nothing was applied")
-        deltas[(kind, int(layer))] = delta
+        deltas[key] = delta
     return meta, deltas
 
 
@@ -88,18 +95,11 @@ def apply_saved(model: LoadedModel, path: str | Path, check: bool = True) -> Wei
     that is already applied, or weights changed otherwise, are refused with the tensors named."""
     meta, deltas = _saved_deltas(model, path)
     if check and "before" in meta:
-        now = {f"{k}.{l}": fingerprint(_weight(model, k, l)) for k, l in deltas}
+        now = {k: fingerprint(_weight(model, *weight_key(k))) for k in deltas}
         if all(now[k] == meta["after"].get(k) for k in now):
             raise EditError(f"{path} is already applied to this model; applying it again would double it")
         other = [k for k in now if now[k] != meta["before"].get(k)]
         if other:
             raise EditError(f"{path}: weights {', '.join(other)} differ from the ones the edit was made on "
                             "(another edit applied?); pass check=False to apply it anyway")
-    tx = WeightTransaction(model)
-    try:
-        for (kind, layer), delta in deltas.items():
-            tx.update(kind, layer, delta)
-    except BaseException:
-        tx.restore()
-        raise
-    return tx
+    return apply_deltas(model, deltas)

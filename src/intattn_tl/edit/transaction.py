@@ -4,6 +4,7 @@ originals so that a failure restores the model bit-for-bit and a finished edit c
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -135,6 +136,32 @@ class WeightTransaction:
             raise EditError(f"cannot roll back this edit: {', '.join(moved)} changed since it was made (a later edit "
                             "is still applied there); roll edits back newest first. Nothing was changed.")
         self.restore()
+
+
+def weight_key(key: str) -> tuple[Kind, int]:
+    """("w_out", 3) from the "w_out.3" an edit's `deltas` are keyed by; unknown names refused."""
+    kind, _, layer = key.partition(".")
+    if kind not in KINDS or not layer.isdigit():
+        raise EditError(f"{key!r} is not a weight key; use \"<kind>.<layer>\" with kind one of {KINDS}")
+    return kind, int(layer)  # type: ignore[return-value]
+
+
+def apply_deltas(model: LoadedModel, deltas: Mapping[str, Tensor], keys: Iterable[str] | None = None
+                 ) -> WeightTransaction:
+    """Apply `deltas` (by "kind.layer"; only `keys` of them if given) in one new transaction, all or nothing:
+    a bad key or delta restores every weight already touched. Undo with the returned transaction's `rollback`."""
+    keys = list(deltas if keys is None else keys)
+    missing = [k for k in keys if k not in deltas]
+    if missing:
+        raise EditError(f"no delta for {', '.join(missing)}; this edit has {', '.join(sorted(deltas))}")
+    tx = WeightTransaction(model)
+    try:
+        for key in keys:
+            tx.update(*weight_key(key), deltas[key])
+    except BaseException:
+        tx.restore()
+        raise
+    return tx
 
 
 @dataclass
